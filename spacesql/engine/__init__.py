@@ -1,0 +1,8 @@
+"""The storage engine: versioned Space datasets on Parquet and ArrayRecord."""
+
+from __future__ import annotations
+
+from spacesql.engine.changes import ChangeSet
+from spacesql.engine.dataset import CommitResult, Dataset, LocalRunner
+
+__all__ = ["ChangeSet", "CommitResult", "Dataset", "LocalRunner"]

@@ -1,0 +1,339 @@
+"""The engine's handle on one dataset: schemas, version resolution, states and commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from spacesql.engine.files import DataWriter
+from spacesql.engine.format import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_INTERVAL,
+    DATASET_FILE,
+    MANIFEST_DIR,
+    MAIN_BRANCH,
+    DatasetInfo,
+    SnapshotRecord,
+    Summary,
+    decode_schema,
+    encode_schema,
+    loads,
+    now_ms,
+    schema_path,
+)
+from spacesql.engine.log import SnapshotLog, Version
+from spacesql.engine.manifest import (
+    FileEntry,
+    TableState,
+    decode_table,
+    encode_table,
+    entries_to_table,
+    stats_columns,
+    table_to_entries,
+)
+from spacesql.engine.store import LocalStore
+from spacesql.errors import CommitConflictError, FormatError, NotFoundError, SnapshotNotFoundError
+
+__all__ = ["Plan", "Table"]
+
+
+@dataclass
+class Plan:
+    """What one operation changes, computed against a given head snapshot."""
+
+    operation: str
+    adds: list[FileEntry] = field(default_factory=list)
+    removes: list[FileEntry] = field(default_factory=list)
+    added_rows: int = 0
+    deleted_rows: int = 0
+    properties: dict[str, str] = field(default_factory=dict)
+    schema_id: int | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.adds and not self.removes and self.schema_id is None
+
+
+#: Computes a plan against (table, head record, head state, writer); None means nothing to do.
+Planner = Callable[["Table", SnapshotRecord, TableState, DataWriter], "Plan | None"]
+
+
+class Table:
+    """Engine-level access to one dataset directory."""
+
+    def __init__(self, location: str | Path, *, durable: bool = True) -> None:
+        self.location = Path(location)
+        self.store = LocalStore(location, durable=durable)
+        try:
+            self.info = DatasetInfo.from_json(self.store.read_bytes(DATASET_FILE))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"No dataset at {str(location)!r} ({DATASET_FILE} is missing). "
+                "Create one with Dataset.create()."
+            ) from None
+        self.name = self.location.name
+        self.log = SnapshotLog(self.store, name=self.name)
+        self._schemas: dict[int, pa.Schema] = {}
+        self._states: OrderedDict[int, TableState] = OrderedDict()
+
+    # --- schemas -----------------------------------------------------------------------
+
+    def schema(self, schema_id: int) -> pa.Schema:
+        s = self._schemas.get(schema_id)
+        if s is None:
+            rel = schema_path(schema_id)
+            try:
+                s = decode_schema(loads(self.store.read_bytes(rel), rel))
+            except FileNotFoundError:
+                raise FormatError(f"Schema file {rel} is missing; the dataset is damaged.") from None
+            self._schemas[schema_id] = s
+        return s
+
+    def write_schema(self, schema_id: int, schema: pa.Schema) -> bool:
+        return self.store.put_if_absent(schema_path(schema_id), _schema_json(schema))
+
+    def writer(self, schema: pa.Schema) -> DataWriter:
+        return DataWriter(
+            self.store, schema, self.info.record_fields, group_size=self.info.group_size
+        )
+
+    # --- versions ----------------------------------------------------------------------
+
+    def resolve(self, version: Version | None, *, branch: str = MAIN_BRANCH) -> SnapshotRecord:
+        """The snapshot a version names (None: the head of ``branch``)."""
+        if version is None:
+            return self.log.read(self.log.head(self.log.branch(branch), self.log.latest()))
+        if isinstance(version, bool):
+            raise SnapshotNotFoundError(self.log._unknown_message(version))
+        if isinstance(version, int):
+            return self.log.read(version)
+        if isinstance(version, dt.datetime):
+            return self._at_time(version, branch)
+        if isinstance(version, str):
+            tag = self.log.tag(version)
+            if tag is not None:
+                return self.log.read(tag)
+            if version in self.log.branches():
+                return self.resolve(None, branch=version)
+            if version.isdigit():
+                return self.log.read(int(version))
+        raise SnapshotNotFoundError(self.log._unknown_message(version))
+
+    def _at_time(self, when: dt.datetime, branch: str) -> SnapshotRecord:
+        if when.tzinfo is None:
+            when = when.astimezone()  # naive means local time, as in DuckDB's TIMESTAMP
+        target = int(when.timestamp() * 1000)
+        rec: SnapshotRecord | None = self.resolve(None, branch=branch)
+        while rec is not None:
+            if rec.timestamp_ms <= target:
+                return rec
+            rec = None if rec.parent_id is None else self.log.read(rec.parent_id)
+        raise SnapshotNotFoundError(
+            f"Dataset '{self.name}' has no snapshot at or before {when.isoformat()} on "
+            f"branch {branch!r}; it was created later."
+        )
+
+    # --- states ------------------------------------------------------------------------
+
+    def state(self, record: SnapshotRecord) -> TableState:
+        """Live files of a snapshot: nearest checkpoint plus the deltas after it."""
+        cached = self._states.get(record.snapshot_id)
+        if cached is not None:
+            self._states.move_to_end(record.snapshot_id)
+            return cached
+        chain: list[SnapshotRecord] = []
+        rec = record
+        base = TableState({})
+        while True:
+            hit = self._states.get(rec.snapshot_id)
+            if hit is not None:
+                base = hit
+                break
+            if rec.checkpoint is not None:
+                base = self._read_manifest_state(rec.checkpoint)
+                break
+            chain.append(rec)
+            if rec.parent_id is None:
+                break
+            rec = self.log.read(rec.parent_id)
+        state = base
+        for r in reversed(chain):
+            if r.changes is not None:
+                state = state.apply(table_to_entries(self._read_manifest(r.changes)))
+        self._states[record.snapshot_id] = state
+        while len(self._states) > 64:
+            self._states.popitem(last=False)
+        return state
+
+    def _read_manifest(self, rel: str) -> pa.Table:
+        try:
+            return decode_table(self.store.read_bytes(rel))
+        except FileNotFoundError:
+            raise FormatError(f"Manifest {rel} is missing; the dataset is damaged.") from None
+
+    def _read_manifest_state(self, rel: str) -> TableState:
+        return TableState({e.path: e for _a, e in table_to_entries(self._read_manifest(rel))})
+
+    # --- commits -----------------------------------------------------------------------
+
+    def commit(
+        self,
+        planner: Planner,
+        *,
+        branch: str = MAIN_BRANCH,
+        expected_snapshot: int | None = None,
+        replan: bool = True,
+        max_attempts: int = 100,
+    ) -> SnapshotRecord | None:
+        """Plan and commit one operation with optimistic concurrency.
+
+        Args:
+            planner: Computes the change against a head snapshot.
+            branch: The branch to commit to.
+            expected_snapshot: Fail with CommitConflictError unless the branch head is this.
+            replan: Re-run the planner when another commit moved the branch head (the
+                operation is then applied to the new head, as if issued after it). When
+                False, a moved head is a CommitConflictError.
+            max_attempts: Give up with CommitConflictError after this many lost races.
+
+        Returns:
+            The new snapshot record, or None if the operation changed nothing.
+        """
+        plan: Plan | None = None
+        planned_on: int | None = None
+        writer: DataWriter | None = None
+        for attempt in range(max_attempts):
+            latest = self.log.latest()
+            br = self.log.branch(branch)
+            head = self.log.read(self.log.head(br, latest))
+            if expected_snapshot is not None and head.snapshot_id != expected_snapshot:
+                self._abandon(writer)
+                raise CommitConflictError(
+                    f"Dataset '{self.name}' branch {branch!r} moved to snapshot "
+                    f"{head.snapshot_id} while this change expected {expected_snapshot}; "
+                    "re-read and try again.",
+                    expected=expected_snapshot,
+                    found=head.snapshot_id,
+                )
+            if plan is None or planned_on != head.snapshot_id:
+                if plan is not None and not replan:
+                    self._abandon(writer)
+                    raise CommitConflictError(
+                        f"Dataset '{self.name}' branch {branch!r} moved from snapshot "
+                        f"{planned_on} to {head.snapshot_id} during this change.",
+                        expected=planned_on,
+                        found=head.snapshot_id,
+                    )
+                self._abandon(writer)
+                writer = self.writer(self.schema(head.schema_id))
+                try:
+                    plan = planner(self, head, self.state(head), writer)
+                except BaseException:
+                    self._abandon(writer)
+                    raise
+                planned_on = head.snapshot_id
+                if plan is None or plan.is_noop:
+                    self._abandon(writer)
+                    return None
+            assert plan is not None and writer is not None
+            record = self._try_commit(plan, latest, head, br, writer)
+            if record is not None:
+                return record
+            time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 7))) * random.random())
+        self._abandon(writer)
+        raise CommitConflictError(
+            f"Dataset '{self.name}': gave up after {max_attempts} attempts to commit while "
+            "other writers kept committing; try again later.",
+        )
+
+    @staticmethod
+    def _abandon(writer: DataWriter | None) -> None:
+        if writer is not None:
+            writer.abandon()
+
+    def _try_commit(
+        self,
+        plan: Plan,
+        latest: SnapshotRecord,
+        head: SnapshotRecord,
+        branch: object,
+        writer: DataWriter,
+    ) -> SnapshotRecord | None:
+        from spacesql.engine.log import Branch
+
+        assert isinstance(branch, Branch)
+        new_id = latest.snapshot_id + 1
+        schema_id = plan.schema_id if plan.schema_id is not None else head.schema_id
+        schema = self.schema(schema_id)
+        columns = stats_columns(schema, self.info.record_fields)
+        adds = [e.stamped(new_id) for e in plan.adds]
+        changes = [("remove", e) for e in plan.removes] + [("add", e) for e in adds]
+        base_state = self.state(head)
+        new_state = base_state.apply(changes)  # type: ignore[arg-type]
+        stem = f"{new_id}-{_uid()}"
+        changes_rel = f"{MANIFEST_DIR}/{stem}.parquet"
+        self.store.write_new(
+            changes_rel, encode_table(entries_to_table(changes, columns, with_action=True))
+        )
+        written = [changes_rel]
+        checkpoint_rel = None
+        depth = head.depth + 1
+        if depth >= CHECKPOINT_INTERVAL:
+            checkpoint_rel = f"{CHECKPOINT_DIR}/{stem}.parquet"
+            self.store.write_new(
+                checkpoint_rel,
+                encode_table(
+                    entries_to_table(list(new_state.files.values()), columns, with_action=False)
+                ),
+            )
+            written.append(checkpoint_rel)
+            depth = 0
+        for rel in written:
+            self.store.sync_file(rel)
+        record = SnapshotRecord(
+            snapshot_id=new_id,
+            parent_id=head.snapshot_id,
+            branch=branch.name,
+            timestamp_ms=max(now_ms(), latest.timestamp_ms),
+            operation=plan.operation,
+            schema_id=schema_id,
+            summary=Summary(
+                added_rows=plan.added_rows,
+                deleted_rows=plan.deleted_rows,
+                added_files=sum(1 for e in plan.adds if e.path not in base_state.files),
+                removed_files=sum(1 for e in plan.removes if e.path not in new_state.files),
+                total_rows=new_state.num_rows,
+                total_files=len(new_state.files),
+            ),
+            changes=changes_rel,
+            checkpoint=checkpoint_rel,
+            depth=depth,
+            heads=self.log.next_heads(latest, branch, new_id),
+            properties=dict(plan.properties),
+        )
+        if self.log.try_commit(record):
+            self._states[new_id] = new_state
+            writer.written.clear()
+            return record
+        for rel in written:
+            self.store.delete(rel)
+        return None
+
+
+def _uid() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def _schema_json(schema: pa.Schema) -> bytes:
+    from spacesql.engine.format import dumps
+
+    return dumps(encode_schema(schema))
