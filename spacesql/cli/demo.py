@@ -68,14 +68,30 @@ def run_demo(path: str, *, fresh: bool = True) -> None:
     runner.delete((pc.field("id") == 8) | (pc.field("id") == 9))
     ds.add_tag("after_delete")
     runner.update(pc.field("label") == "boat", {"label": "ship"})
-    console.print(f"[bold]Dataset[/bold] {ds.location} keys={ds.primary_keys} "
-                  f"record fields={ds.record_fields}")
-    _show(console, "Current rows", runner.read_all(fields=["id", "label", "annotator",
-                                                         "created_at", "image"]))
-    _show(console, "Version 'after_append' (time travel)",
-          runner.read_all(version="after_append", fields=["id", "label"]))
-    _show(console, "Changes since 'after_append'",
-          runner.changes("after_append").select(["change_type", "snapshot_id", "id", "label"]))
-    _show(console, "Snapshots", ds.versions().select(
-        ["snapshot_id", "operation", "added_rows", "deleted_rows", "total_rows", "tags"]))
+    console.print(
+        f"[bold]Dataset[/bold] {ds.location} keys={ds.primary_keys} "
+        f"record fields={ds.record_fields}"
+    )
+    _show(
+        console,
+        "Current rows",
+        runner.read_all(fields=["id", "label", "annotator", "created_at", "image"]),
+    )
+    _show(
+        console,
+        "Version 'after_append' (time travel)",
+        runner.read_all(version="after_append", fields=["id", "label"]),
+    )
+    _show(
+        console,
+        "Changes since 'after_append'",
+        runner.changes("after_append").select(["change_type", "snapshot_id", "id", "label"]),
+    )
+    _show(
+        console,
+        "Snapshots",
+        ds.versions().select(
+            ["snapshot_id", "operation", "added_rows", "deleted_rows", "total_rows", "tags"]
+        ),
+    )
     console.print(f"Demo catalog written to {root.absolute()}")

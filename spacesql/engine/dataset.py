@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import uuid
@@ -13,21 +14,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spacesql.engine.access import RandomAccess
 from spacesql.engine.changes import ChangeSet, diff_states
 from spacesql.engine.format import (
     DATASET_FILE,
     MAIN_BRANCH,
     DatasetInfo,
+    Head,
     SnapshotRecord,
     Summary,
-    encode_schema,
     dumps,
+    encode_schema,
     now_ms,
     schema_path,
     snapshot_path,
 )
 from spacesql.engine.inputs import check_keys, check_new_schema, conform, to_table
-from spacesql.engine.log import Head, Version
+from spacesql.engine.log import Version
+from spacesql.engine.maintenance import (
+    CompactOptions,
+    compact,
+    expire_snapshots,
+    remove_orphan_files,
+)
 from spacesql.engine.manifest import entries_to_table, stats_columns
 from spacesql.engine.operations import (
     Append,
@@ -115,9 +124,17 @@ class Dataset:
             (tmp / schema_path(1)).parent.mkdir(parents=True)
             (tmp / schema_path(1)).write_bytes(dumps(encode_schema(schema)))
             record = SnapshotRecord(
-                snapshot_id=0, parent_id=None, branch=MAIN_BRANCH, timestamp_ms=now_ms(),
-                operation="create", schema_id=1, summary=Summary(), changes=None,
-                checkpoint=None, depth=0, heads={MAIN_BRANCH: Head("main", 0)},
+                snapshot_id=0,
+                parent_id=None,
+                branch=MAIN_BRANCH,
+                timestamp_ms=now_ms(),
+                operation="create",
+                schema_id=1,
+                summary=Summary(),
+                changes=None,
+                checkpoint=None,
+                depth=0,
+                heads={MAIN_BRANCH: Head("main", 0)},
             )
             (tmp / snapshot_path(0)).write_bytes(record.to_json())
             info = DatasetInfo(keys, records, group_size=array_record_group_size)
@@ -238,6 +255,25 @@ class Dataset:
             )
         self._table.log.remove_branch(branch)
 
+    # --- maintenance -------------------------------------------------------------------
+
+    def compact(self, options: CompactOptions | None = None) -> CommitResult:
+        """Merge small files (and drop deleted rows physically) on the current branch."""
+        rec = compact(self._table, branch=self._branch, options=options or CompactOptions())
+        return CommitResult(None if rec is None else rec.snapshot_id, "compact")
+
+    def expire_snapshots(
+        self, *, older_than: dt.datetime | None = None, keep_last: int = 1
+    ) -> list[int]:
+        """Forget snapshots older than ``older_than`` (default: all) but the newest
+        ``keep_last``, tagged ones and branch heads. Returns the expired snapshot ids."""
+        return expire_snapshots(self._table, older_than=older_than, keep_last=keep_last)
+
+    def remove_orphan_files(self, *, older_than: dt.timedelta = dt.timedelta(hours=1)) -> list[str]:
+        """Delete files that no remaining snapshot references and that are older than
+        ``older_than`` (a grace period protecting commits in progress)."""
+        return remove_orphan_files(self._table, older_than=older_than)
+
     def manifest(self, version: Version | None = None) -> pa.Table:
         """The live files of a version: path, rows, bytes, deletes and column statistics."""
         rec = self.snapshot(version)
@@ -305,13 +341,15 @@ class LocalRunner:
 
     def append(self, data: Any, *, expected_snapshot: int | None = None) -> CommitResult:
         """Add rows without checking whether their keys exist."""
-        return self._commit(Append(self._data(data, keyed=False)),
-                            expected_snapshot=expected_snapshot)
+        return self._commit(
+            Append(self._data(data, keyed=False)), expected_snapshot=expected_snapshot
+        )
 
     def insert(self, data: Any, *, expected_snapshot: int | None = None) -> CommitResult:
         """Add rows; fails, writing nothing, if any key repeats or already exists."""
-        return self._commit(Insert(self._data(data, keyed=True)),
-                            expected_snapshot=expected_snapshot)
+        return self._commit(
+            Insert(self._data(data, keyed=True)), expected_snapshot=expected_snapshot
+        )
 
     def upsert(self, data: Any, *, expected_snapshot: int | None = None) -> CommitResult:
         """Add rows, replacing the rows whose primary key exists."""
@@ -320,19 +358,26 @@ class LocalRunner:
                 f"Dataset '{self._ds.name}' has no primary key, so upsert cannot match rows; "
                 "use append() or delete() then append()."
             )
-        return self._commit(Upsert(self._data(data, keyed=True)),
-                            expected_snapshot=expected_snapshot)
+        return self._commit(
+            Upsert(self._data(data, keyed=True)), expected_snapshot=expected_snapshot
+        )
 
-    def delete(self, filter_: pc.Expression, *,
-               expected_snapshot: int | None = None) -> CommitResult:
+    def delete(
+        self, filter_: pc.Expression, *, expected_snapshot: int | None = None
+    ) -> CommitResult:
         """Delete the rows for which ``filter_`` is true (null counts as false)."""
         expr = check_filter(self._ds.schema, filter_, dataset=self._ds.name)
         if expr is None:
             raise SchemaError("delete() needs a filter; use pc.scalar(True) to delete all rows.")
         return self._commit(Delete(expr), expected_snapshot=expected_snapshot)
 
-    def update(self, filter_: pc.Expression | None, values: dict[str, Any], *,
-               expected_snapshot: int | None = None) -> CommitResult:
+    def update(
+        self,
+        filter_: pc.Expression | None,
+        values: dict[str, Any],
+        *,
+        expected_snapshot: int | None = None,
+    ) -> CommitResult:
         """Set columns (to a value or an expression of the row) where ``filter_`` is true."""
         schema = self._ds.schema
         expr = check_filter(schema, filter_, dataset=self._ds.name)
@@ -344,8 +389,9 @@ class LocalRunner:
     def scanner(self, version: Version | None = None) -> Scanner:
         rec = self._ds.snapshot(version)
         t = self._table
-        return Scanner(t.store, t.schema(rec.schema_id), t.info.record_fields, t.state(rec),
-                       dataset=t.name)
+        return Scanner(
+            t.store, t.schema(rec.schema_id), t.info.record_fields, t.state(rec), dataset=t.name
+        )
 
     def read(
         self,
@@ -372,12 +418,32 @@ class LocalRunner:
             return pa.Table.from_batches(table.to_batches(max_chunksize=batch_size), table.schema)
         return table
 
+    def random_access(
+        self, *, fields: Sequence[str] | None = None, version: Version | None = None
+    ) -> RandomAccess:
+        """Map-style access by row position: ``len(ra)``, ``ra[i]``, ``ra.take(indices)``."""
+        return RandomAccess(self.scanner(version), fields)
+
+    def take(
+        self,
+        indices: Sequence[int],
+        *,
+        fields: Sequence[str] | None = None,
+        version: Version | None = None,
+    ) -> pa.Table:
+        """Rows at positions of ``read_all()`` order, without scanning other rows."""
+        with self.random_access(fields=fields, version=version) as ra:
+            return ra.take(indices)
+
     def diff(self, start: Version, end: Version | None = None) -> Iterator[ChangeSet]:
         """Rows deleted and inserted going from version ``start`` to ``end``."""
         a, b = self._ds.snapshot(start), self._ds.snapshot(end)
         t = self._table
         return diff_states(
-            self.scanner(a.snapshot_id), self.scanner(b.snapshot_id), t.state(a), t.state(b),
+            self.scanner(a.snapshot_id),
+            self.scanner(b.snapshot_id),
+            t.state(a),
+            t.state(b),
             end_id=b.snapshot_id,
         )
 
@@ -388,12 +454,9 @@ class LocalRunner:
         for cs in self.diff(start, end):
             t = cs.data
             t = t.add_column(0, "snapshot_id", pa.array(cs.snapshot_ids, pa.int64()))
-            t = t.add_column(0, "change_type", pa.array([cs.change_type] * t.num_rows,
-                                                         pa.string()))
+            t = t.add_column(0, "change_type", pa.array([cs.change_type] * t.num_rows, pa.string()))
             parts.append(t)
         if not parts:
-            empty = pa.schema([("change_type", pa.string()), ("snapshot_id", pa.int64()),
-                               *schema])
+            empty = pa.schema([("change_type", pa.string()), ("snapshot_id", pa.int64()), *schema])
             return empty.empty_table()
         return pa.concat_tables(parts)
-

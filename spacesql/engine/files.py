@@ -91,7 +91,9 @@ class DataWriter:
         for name in self.record_fields:
             rel = f"{DATA_DIR}/{stem}.{name}.array_record"
             refs = write_records(
-                str(self.store.root), rel, table.column(name).combine_chunks(),
+                str(self.store.root),
+                rel,
+                table.column(name).combine_chunks(),
                 group_size=self.group_size,
             )
             self.written.append(rel)
@@ -115,13 +117,15 @@ class DataWriter:
             stats=stats,
         )
 
-    def write_physical(self, table: pa.Table, *,
-                       record_files: tuple[str, ...], stats_source: pa.Table) -> FileEntry:
+    def write_physical(
+        self, table: pa.Table, *, record_files: tuple[str, ...], stats_source: pa.Table
+    ) -> FileEntry:
         """Write an index file whose record fields already hold references (compaction)."""
         rel = f"{DATA_DIR}/{uuid.uuid4().hex}.parquet"
         self.written.append(rel)
-        pq.write_table(table.cast(self.physical), self.store.abs(rel),
-                       row_group_size=self.row_group_size)
+        pq.write_table(
+            table.cast(self.physical), self.store.abs(rel), row_group_size=self.row_group_size
+        )
         self.store.sync_file(rel)
         return FileEntry(
             path=rel,

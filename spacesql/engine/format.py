@@ -82,9 +82,7 @@ def encode_schema(schema: pa.Schema) -> dict[str, Any]:
     """A schema as JSON: Arrow IPC bytes (exact) plus a readable field list."""
     return {
         "arrow_ipc": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
-        "fields": [
-            {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema
-        ],
+        "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
     }
 
 

@@ -174,14 +174,10 @@ class SnapshotLog:
             return h.snapshot_id
         return branch.start_snapshot
 
-    def next_heads(
-        self, latest: SnapshotRecord, branch: Branch, new_id: int
-    ) -> dict[str, Head]:
+    def next_heads(self, latest: SnapshotRecord, branch: Branch, new_id: int) -> dict[str, Head]:
         live = self.branches()
         heads = {
-            name: h
-            for name, h in latest.heads.items()
-            if name in live and live[name].uid == h.uid
+            name: h for name, h in latest.heads.items() if name in live and live[name].uid == h.uid
         }
         heads[branch.name] = Head(branch.uid, new_id)
         return heads

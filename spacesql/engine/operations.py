@@ -32,7 +32,10 @@ MAX_ROWS_PER_FILE = 4 * 1024 * 1024
 
 def _scanner(table: Table, head: SnapshotRecord, state: TableState) -> Scanner:
     return Scanner(
-        table.store, table.schema(head.schema_id), table.info.record_fields, state,
+        table.store,
+        table.schema(head.schema_id),
+        table.info.record_fields,
+        state,
         dataset=table.name,
     )
 
@@ -68,9 +71,7 @@ def _key_filter(keys: pa.Table) -> pc.Expression:
     return expr
 
 
-def _matching_keys(
-    scanner: Scanner, keys: pa.Table
-) -> list[tuple[FileEntry, np.ndarray]]:
+def _matching_keys(scanner: Scanner, keys: pa.Table) -> list[tuple[FileEntry, np.ndarray]]:
     """Live rows of the snapshot whose primary key is in ``keys``: (file, positions)."""
     names = keys.column_names
     out = []
@@ -120,8 +121,9 @@ class Append(Operation):
     data: pa.Table
     name = "append"
 
-    def plan(self, table: Table, head: SnapshotRecord, state: TableState,
-             writer: DataWriter) -> Plan | None:
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
         if self.data.num_rows == 0:
             return None
         return Plan(self.name, adds=_write_rows(writer, self.data), added_rows=self.data.num_rows)
@@ -134,8 +136,9 @@ class Insert(Operation):
     data: pa.Table
     name = "insert"
 
-    def plan(self, table: Table, head: SnapshotRecord, state: TableState,
-             writer: DataWriter) -> Plan | None:
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
         if self.data.num_rows == 0:
             return None
         keys = table.info.primary_keys
@@ -159,8 +162,9 @@ class Upsert(Operation):
     data: pa.Table
     name = "upsert"
 
-    def plan(self, table: Table, head: SnapshotRecord, state: TableState,
-             writer: DataWriter) -> Plan | None:
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
         if self.data.num_rows == 0:
             return None
         keys = table.info.primary_keys
@@ -179,8 +183,9 @@ class Delete(Operation):
     filter: pc.Expression
     name = "delete"
 
-    def plan(self, table: Table, head: SnapshotRecord, state: TableState,
-             writer: DataWriter) -> Plan | None:
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
         scanner = _scanner(table, head, state)
         plan = Plan(self.name)
         hits = []
@@ -200,8 +205,9 @@ class Update(Operation):
     values: dict[str, Any] = field(default_factory=dict)
     name = "update"
 
-    def plan(self, table: Table, head: SnapshotRecord, state: TableState,
-             writer: DataWriter) -> Plan | None:
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
         scanner = _scanner(table, head, state)
         schema = scanner.schema
         plan = Plan(self.name)
@@ -250,8 +256,7 @@ def validate_values(schema: pa.Schema, values: dict[str, Any], *, dataset: str) 
     unknown = [k for k in values if k not in schema.names]
     if unknown:
         raise SchemaError(
-            f"Dataset '{dataset}' has no column(s) {unknown} to update (columns: "
-            f"{schema.names})."
+            f"Dataset '{dataset}' has no column(s) {unknown} to update (columns: {schema.names})."
         )
     if not values:
         raise SchemaError("update() needs at least one column to set.")

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from spacesql.errors import FormatError, MissingDependencyError
 
-__all__ = ["REFERENCE_TYPE", "read_records", "write_records"]
+__all__ = ["REFERENCE_TYPE", "RecordReader", "write_records"]
 
 REFERENCE_TYPE = pa.struct([("file", pa.string()), ("row", pa.int64())])
 

@@ -76,8 +76,7 @@ class Scanner:
         unknown = [f for f in fields if f not in self.schema.names]
         if unknown:
             raise SchemaError(
-                f"Dataset '{self.dataset}' has no field(s) {unknown} (fields: "
-                f"{self.schema.names})."
+                f"Dataset '{self.dataset}' has no field(s) {unknown} (fields: {self.schema.names})."
             )
         return list(fields)
 
@@ -97,8 +96,12 @@ class Scanner:
         return self.state.prune(self.schema, filter_)
 
     def _file_table(
-        self, entry: FileEntry, columns: list[str], filter_: pc.Expression | None,
-        *, positions: bool = False,
+        self,
+        entry: FileEntry,
+        columns: list[str],
+        filter_: pc.Expression | None,
+        *,
+        positions: bool = False,
     ) -> pa.Table:
         """Live rows of one file matching the filter (physical columns, references)."""
         path = self.store.abs(entry.path)
@@ -107,7 +110,9 @@ class Scanner:
             return ds.to_table(columns=columns, filter=filter_)
         read_cols = columns
         if filter_ is not None:
-            read_cols = [c for c in self.physical.names if c not in self.record_fields or c in columns]
+            read_cols = [
+                c for c in self.physical.names if c not in self.record_fields or c in columns
+            ]
         table = pq.read_table(path, columns=read_cols, schema=self.physical)
         pos = np.arange(entry.num_rows, dtype=np.int64)
         if entry.deletion_file is not None:
@@ -128,9 +133,7 @@ class Scanner:
                 table = table.set_column(idx, self.schema.field(name), values)
         return table
 
-    def read_all(
-        self, *, filter_: object = None, fields: Sequence[str] | None = None
-    ) -> pa.Table:
+    def read_all(self, *, filter_: object = None, fields: Sequence[str] | None = None) -> pa.Table:
         columns = self._fields(fields)
         expr = self._check(filter_)
         entries = self.files(expr)

@@ -15,6 +15,7 @@ overwritten, so it needs no coordination.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -104,10 +105,8 @@ class LocalStore:
             os.close(fd)
 
     def delete(self, rel: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.abs(rel))
-        except FileNotFoundError:
-            pass
 
     def list_dir(self, rel: str) -> list[str]:
         """Names (not paths) in a directory; empty if it does not exist."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import time
 from collections import OrderedDict
@@ -17,8 +18,8 @@ from spacesql.engine.format import (
     CHECKPOINT_DIR,
     CHECKPOINT_INTERVAL,
     DATASET_FILE,
-    MANIFEST_DIR,
     MAIN_BRANCH,
+    MANIFEST_DIR,
     DatasetInfo,
     SnapshotRecord,
     Summary,
@@ -68,7 +69,7 @@ Planner = Callable[["Table", SnapshotRecord, TableState, DataWriter], "Plan | No
 class Table:
     """Engine-level access to one dataset directory."""
 
-    def __init__(self, location: str | Path, *, durable: bool = True) -> None:
+    def __init__(self, location: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.location = Path(location)
         self.store = LocalStore(location, durable=durable)
         try:
@@ -92,7 +93,9 @@ class Table:
             try:
                 s = decode_schema(loads(self.store.read_bytes(rel), rel))
             except FileNotFoundError:
-                raise FormatError(f"Schema file {rel} is missing; the dataset is damaged.") from None
+                raise FormatError(
+                    f"Schema file {rel} is missing; the dataset is damaged."
+                ) from None
             self._schemas[schema_id] = s
         return s
 
