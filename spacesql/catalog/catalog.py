@@ -1,0 +1,102 @@
+"""A catalog is a directory whose subdirectories are datasets, addressed by name."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from spacesql.engine import Dataset
+from spacesql.engine.format import DATASET_FILE
+from spacesql.errors import SchemaError, TableNotFoundError
+
+__all__ = ["Catalog"]
+
+
+def check_name(name: str) -> str:
+    """Dataset names are directory names: letters, digits and underscores.
+
+    >>> check_name("images")
+    'images'
+    """
+    if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+        raise SchemaError(
+            f"Invalid table name {name!r}: use letters, digits and '_', not starting with a digit."
+        )
+    return name
+
+
+class Catalog:
+    """Datasets stored under one directory.
+
+    Args:
+        path: The catalog directory (created if missing).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._open: dict[str, Dataset] = {}
+
+    def names(self) -> list[str]:
+        """Names of the datasets, sorted (one directory listing, no dataset is opened)."""
+        return sorted(
+            entry.name
+            for entry in os.scandir(self.path)
+            if entry.is_dir()
+            and not entry.name.startswith(".")
+            and os.path.exists(os.path.join(entry.path, DATASET_FILE))
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (self.path / name / DATASET_FILE).exists()
+
+    def dataset(self, name: str) -> Dataset:
+        """The dataset called ``name`` (kept open for the catalog's lifetime)."""
+        ds = self._open.get(name)
+        if ds is not None and (ds.location / DATASET_FILE).exists():
+            return ds
+        if name not in self:
+            raise TableNotFoundError(self._not_found(name))
+        ds = Dataset.load(self.path / name)
+        self._open[name] = ds
+        return ds
+
+    def _not_found(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"No table '{name}' in catalog '{self.path}'.{hint}"
+
+    def create(
+        self,
+        name: str,
+        schema: pa.Schema,
+        *,
+        primary_keys: Sequence[str],
+        record_fields: Sequence[str] = (),
+    ) -> Dataset:
+        check_name(name)
+        if name in self:
+            raise SchemaError(
+                f"Table '{name}' already exists in catalog '{self.path}'; DROP TABLE it first "
+                "or pick another name."
+            )
+        ds = Dataset.create(
+            self.path / name, schema, primary_keys=primary_keys, record_fields=record_fields
+        )
+        self._open[name] = ds
+        return ds
+
+    def drop(self, name: str) -> None:
+        """Remove a dataset: renamed away first (atomic), then deleted."""
+        if name not in self:
+            raise TableNotFoundError(self._not_found(name))
+        trash = self.path / f".{name}.{uuid.uuid4().hex}.dropped"
+        os.rename(self.path / name, trash)
+        self._open.pop(name, None)
+        shutil.rmtree(trash, ignore_errors=True)

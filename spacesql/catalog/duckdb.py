@@ -1,0 +1,185 @@
+"""Registering dataset snapshots in a DuckDB connection as lazy views.
+
+A snapshot becomes a view built with DuckDB's relational API (no SQL text, so no paths or
+names are ever spliced into SQL): ``read_parquet`` over its live files, which DuckDB scans
+with projection and filter pushdown; files with deletion vectors are anti-joined with their
+deleted ``(filename, file_row_number)`` pairs; record fields are resolved through their
+references by a vectorized Python UDF, which DuckDB only calls when the column is selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from spacesql.catalog.catalog import Catalog
+from spacesql.engine import Dataset
+from spacesql.engine.files import read_deletes
+from spacesql.engine.format import SnapshotRecord
+from spacesql.engine.log import Version
+from spacesql.engine.records import RecordReader
+
+__all__ = ["FILE_COLUMN", "POSITION_COLUMN", "Registrar", "View"]
+
+FILE_COLUMN = "filename"
+POSITION_COLUMN = "file_row_number"
+
+
+@dataclass(frozen=True)
+class View:
+    """A registered snapshot: the view's name and what it shows."""
+
+    name: str
+    dataset: str
+    snapshot_id: int
+    positions: bool
+
+
+def _col(name: str) -> Any:
+    return duckdb.ColumnExpression(_quote(name))
+
+
+def _quote(name: str) -> str:
+    # ColumnExpression parses its argument as a (possibly qualified) column reference, so a
+    # name with dots or quotes must be given as a quoted identifier.
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Registrar:
+    """Creates and caches the views of dataset snapshots in one DuckDB connection."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+        self.con = con
+        self.catalog = catalog
+        self._views: dict[str, View] = {}
+        self._keep: dict[str, list[Any]] = {}
+        self._udfs: dict[str, str] = {}
+
+    def resolve(self, name: str, version: Version | None) -> tuple[Dataset, SnapshotRecord]:
+        ds = self.catalog.dataset(name)
+        return ds, ds.snapshot(version)
+
+    def register(
+        self,
+        view_name: str,
+        name: str,
+        version: Version | None = None,
+        *,
+        positions: bool = False,
+    ) -> View:
+        """Make ``view_name`` show ``name`` at ``version`` (re-created only if it changed)."""
+        ds, record = self.resolve(name, version)
+        current = self._views.get(view_name)
+        if (
+            current is not None
+            and current.dataset == name
+            and current.snapshot_id == record.snapshot_id
+            and current.positions == positions
+        ):
+            return current
+        rel, keep = self.relation(ds, record, positions=positions)
+        rel.create_view(view_name, replace=True)
+        view = View(view_name, name, record.snapshot_id, positions)
+        self._views[view_name] = view
+        self._keep[view_name] = keep
+        return view
+
+    def unregister(self, view_name: str) -> None:
+        if self._views.pop(view_name, None) is not None:
+            self.con.execute(f"DROP VIEW IF EXISTS {_quote(view_name)}")
+            self._keep.pop(view_name, None)
+
+    def relation(
+        self, ds: Dataset, record: SnapshotRecord, *, positions: bool = False
+    ) -> tuple[duckdb.DuckDBPyRelation, list[Any]]:
+        """A lazy relation over one snapshot, and objects it needs kept alive."""
+        table = ds.table
+        schema = table.schema(record.schema_id)
+        state = table.state(record)
+        root = ds.location
+        entries = [e for e in state.files.values() if e.live_rows > 0]
+        plain = [str(root / e.path) for e in entries if e.deletion_file is None]
+        holey = [e for e in entries if e.deletion_file is not None]
+        keep: list[Any] = []
+        evolved = record.schema_id > 1
+        extra = [FILE_COLUMN, POSITION_COLUMN] if positions else []
+        parts = []
+        if plain:
+            parts.append(
+                self.con.read_parquet(
+                    plain,
+                    filename=positions,
+                    file_row_number=positions,
+                    union_by_name=evolved,
+                )
+            )
+        if holey:
+            files = [str(root / e.path) for e in holey]
+            names, rows = [], []
+            for e in holey:
+                dv = read_deletes(table.store, e)
+                names.append(np.full(len(dv.positions), str(root / e.path), dtype=object))
+                rows.append(dv.positions)
+            deleted = pa.table(
+                {
+                    FILE_COLUMN: pa.array(np.concatenate(names), pa.string()),
+                    POSITION_COLUMN: pa.array(np.concatenate(rows), pa.int64()),
+                }
+            )
+            keep.append(deleted)
+            scan = self.con.read_parquet(
+                files, filename=True, file_row_number=True, union_by_name=evolved
+            )
+            live = scan.join(
+                self.con.from_arrow(deleted), f"{FILE_COLUMN}, {POSITION_COLUMN}", how="anti"
+            )
+            parts.append(
+                live.project(*[_col(c) for c in scan.columns if c in (*schema.names, *extra)])
+            )
+        if not parts:
+            empty = pa.schema(
+                [
+                    pa.field(f.name, pa.string() if f.name in ds.record_fields else f.type)
+                    for f in schema
+                ]
+            ).empty_table()
+            if positions:
+                empty = empty.append_column(FILE_COLUMN, pa.array([], pa.string()))
+                empty = empty.append_column(POSITION_COLUMN, pa.array([], pa.int64()))
+            keep.append(empty)
+            return self.con.from_arrow(empty), keep
+        rel = parts[0]
+        for p in parts[1:]:
+            rel = rel.union(p)
+        exprs = []
+        for f in schema:
+            if f.name not in rel.columns:
+                exprs.append(duckdb.ConstantExpression(None).alias(f.name))
+            elif f.name in ds.record_fields:
+                udf = self._record_udf(ds)
+                exprs.append(duckdb.FunctionExpression(udf, _col(f.name)).alias(f.name))
+            else:
+                exprs.append(_col(f.name))
+        exprs.extend(_col(c) for c in extra)
+        return rel.project(*exprs), keep
+
+    def _record_udf(self, ds: Dataset) -> str:
+        """A UDF resolving references of this dataset to record bytes."""
+        root = str(ds.location)
+        name = self._udfs.get(root)
+        if name is not None:
+            return name
+        name = f"__spacesql_records_{len(self._udfs)}"
+        reader = RecordReader(root)
+
+        def resolve(refs: pa.Array) -> pa.Array:
+            return reader.read(refs, pa.binary())
+
+        ref_type = duckdb.struct_type({"file": "VARCHAR", "row": "BIGINT"})
+        self.con.create_function(name, resolve, [ref_type], "BLOB", type="arrow")
+        self._udfs[root] = name
+        return name

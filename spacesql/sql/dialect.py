@@ -1,0 +1,67 @@
+"""The spacesql SQL dialect: DuckDB's, plus what spacesql adds.
+
+Only the differences live here:
+
+* ``CALL fn(args)`` parses into :class:`Call` (DuckDB's dialect in sqlglot keeps it as an
+  opaque command), so catalog procedures such as ``CALL spacesql_tag('t', 'v1')`` are read
+  from a tree, not from text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlglot import exp, parser
+from sqlglot.dialects.duckdb import DuckDB
+from sqlglot.errors import ErrorLevel
+from sqlglot.tokens import TokenType
+
+__all__ = ["Call", "SpaceSQL", "parse"]
+
+
+class Call(exp.Expression):
+    """``CALL function(args)``."""
+
+    arg_types = {"this": True}
+
+
+def _parse_call(self: parser.Parser) -> exp.Expression:
+    func = self._parse_function()
+    if func is None:
+        self.raise_error("Expected a procedure call after CALL, e.g. CALL spacesql_tag('t', 'v1')")
+    return Call(this=func)
+
+
+class SpaceSQL(DuckDB):
+    """DuckDB's dialect with spacesql's statements."""
+
+    class Tokenizer(DuckDB.Tokenizer):
+        # DuckDB's tokenizer swallows everything after CALL as one opaque string.
+        KEYWORDS = {**DuckDB.Tokenizer.KEYWORDS, "CALL": TokenType.PROCEDURE}
+
+    class Parser(DuckDB.Parser):
+        STATEMENT_PARSERS = {
+            **DuckDB.Parser.STATEMENT_PARSERS,
+            TokenType.PROCEDURE: _parse_call,
+        }
+
+    class Generator(DuckDB.Generator):
+        TRANSFORMS: dict[type[exp.Expression], Any] = {
+            **DuckDB.Generator.TRANSFORMS,
+            Call: lambda self, e: f"CALL {self.sql(e, 'this')}",
+        }
+
+
+# sqlglot logs a warning when it keeps a statement as an opaque command; routing handles
+# those explicitly, so the warning is noise for shell users.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+
+def parse(sql: str) -> list[exp.Expression]:
+    """Parse statements in the spacesql dialect, raising on any error.
+
+    >>> [type(e).__name__ for e in parse("SELECT 1; CALL spacesql_tag('t', 'v')")]
+    ['Select', 'Call']
+    """
+    return [e for e in SpaceSQL().parse(sql, error_level=ErrorLevel.RAISE) if e is not None]
