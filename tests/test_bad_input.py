@@ -95,6 +95,7 @@ def test_unknown_fields(ds):
         (LABELS, ["id"], ["nope"], "Record field 'nope' is not a column"),
         (LABELS, ["score"], [], "keys must be"),
         (pa.schema([("id", pa.int64()), ("id", pa.int64())]), ["id"], [], "duplicate"),
+        (pa.schema([("id", pa.int64()), ("b", pa.binary())]), ["id"], ["b", "b"], "repeat"),
     ],
 )
 def test_bad_create(tmp_path, schema, keys, records, match):
@@ -116,7 +117,11 @@ def test_ref_names(ds):
         ds.add_tag("12")
     with pytest.raises(SchemaError, match="Invalid tag name"):
         ds.add_tag("a/b")
+    with pytest.raises(SchemaError, match="has a branch 'main'"):
+        ds.add_tag("main")
     ds.add_tag("t")
+    with pytest.raises(SchemaError, match="has a tag 't'"):
+        ds.add_branch("t")
     with pytest.raises(SchemaError, match="already has a tag 't'"):
         ds.add_tag("t")
     with pytest.raises(NotFoundError, match="no branch 'nope'"):

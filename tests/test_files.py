@@ -46,7 +46,7 @@ def expected_images():
 
 def test_record_fields_live_in_array_record_files(img):
     data_files = os.listdir(img.location / "data")
-    assert any(f.endswith(".image.array_record") for f in data_files)
+    assert any(f.endswith(".r0.array_record") for f in data_files)
     index = pq.read_table(img.location / img.manifest().column("path")[0].as_py())
     assert index.schema.field("image").type == pa.struct([("file", pa.string()),
                                                           ("row", pa.int64())])
@@ -170,3 +170,39 @@ def test_latest_snapshot_found_without_listing_history(make_dataset, monkeypatch
     # a stale hint still finds the newest snapshot by probing forward
     (ds.location / "metadata/latest.json").write_text('{"snapshot_id": 2}')
     assert Dataset.load(ds.location).snapshot().snapshot_id == 5
+
+
+def test_expiry_keeps_ids_dense_for_a_stale_hint(make_dataset):
+    ds = make_dataset()
+    ds.add_tag("zero", version=0)
+    for i in range(5):
+        ds.local().append(labels([i]))
+    ds.expire_snapshots()
+    (ds.location / "metadata/latest.json").write_text('{"snapshot_id": 0}')
+    again = Dataset.load(ds.location)
+    assert again.local().append(labels([9])).snapshot_id == 6
+    assert sorted(again.local().read_all().column("id").to_pylist()) == [0, 1, 2, 3, 4, 9]
+    with pytest.raises(LookupError, match="was expired"):
+        again.local().read_all(version=2)
+
+
+def test_dataset_without_statistics_columns(make_dataset):
+    schema = pa.schema([("key", pa.binary()), ("blob", pa.binary()), ("h", pa.float16())])
+    ds = make_dataset(schema, primary_keys=["key"], record_fields=["blob"])
+    import numpy as np
+
+    ds.local().insert({"key": [b"a", b"b"], "blob": [b"1", b"2"],
+                       "h": pa.array(np.array([1, 2], dtype=np.float16))})
+    ds.local().upsert({"key": [b"a"], "blob": [b"3"],
+                       "h": pa.array(np.array([3], dtype=np.float16))})
+    got = {r["key"]: r["blob"] for r in ds.local().read_all().to_pylist()}
+    assert got == {b"a": b"3", b"b": b"2"}
+
+
+def test_compaction_drops_fully_deleted_files(make_dataset):
+    ds = make_dataset(rows=labels(range(3)))
+    ds.local().append(labels(range(3, 6)))
+    ds.local().delete(pc.field("id") < 3)
+    ds.compact()
+    assert ds.manifest().column("live_rows").to_pylist() == [3]
+    assert ds.manifest().column("num_rows").to_pylist() == [3]

@@ -25,8 +25,11 @@ from spacesql.engine.records import RecordReader
 
 __all__ = ["FILE_COLUMN", "POSITION_COLUMN", "Registrar", "View"]
 
-FILE_COLUMN = "filename"
-POSITION_COLUMN = "file_row_number"
+#: Columns of a positions view: absolute data file path and physical row position.
+FILE_COLUMN = "__spacesql_file"
+POSITION_COLUMN = "__spacesql_pos"
+_FILENAME = "filename"  # what read_parquet(filename=true) calls its column
+_ROW = "file_row_number"
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class Registrar:
         holey = [e for e in entries if e.deletion_file is not None]
         keep: list[Any] = []
         evolved = record.schema_id > 1
-        extra = [FILE_COLUMN, POSITION_COLUMN] if positions else []
+        extra = [_FILENAME, _ROW] if positions else []
         parts = []
         if plain:
             parts.append(
@@ -126,8 +129,8 @@ class Registrar:
                 rows.append(dv.positions)
             deleted = pa.table(
                 {
-                    FILE_COLUMN: pa.array(np.concatenate(names), pa.string()),
-                    POSITION_COLUMN: pa.array(np.concatenate(rows), pa.int64()),
+                    _FILENAME: pa.array(np.concatenate(names), pa.string()),
+                    _ROW: pa.array(np.concatenate(rows), pa.int64()),
                 }
             )
             keep.append(deleted)
@@ -164,7 +167,9 @@ class Registrar:
                 exprs.append(duckdb.FunctionExpression(udf, _col(f.name)).alias(f.name))
             else:
                 exprs.append(_col(f.name))
-        exprs.extend(_col(c) for c in extra)
+        if positions:
+            exprs.append(_col(_FILENAME).alias(FILE_COLUMN))
+            exprs.append(_col(_ROW).alias(POSITION_COLUMN))
         return rel.project(*exprs), keep
 
     def _record_udf(self, ds: Dataset) -> str:

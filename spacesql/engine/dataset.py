@@ -49,7 +49,7 @@ from spacesql.engine.operations import (
 )
 from spacesql.engine.scan import Scanner, check_filter
 from spacesql.engine.table import Table
-from spacesql.errors import ConstraintError, SchemaError
+from spacesql.errors import ConstraintError, SchemaError, SnapshotNotFoundError
 
 __all__ = ["CommitResult", "Dataset", "LocalRunner"]
 
@@ -213,7 +213,10 @@ class Dataset:
         for sid in t.log.list_ids():
             if sid > latest.snapshot_id:
                 continue
-            r = t.log.read(sid)
+            try:
+                r = t.log.read(sid)
+            except SnapshotNotFoundError:
+                continue  # expired
             rows.append(
                 {
                     "snapshot_id": r.snapshot_id,

@@ -88,8 +88,9 @@ class DataWriter:
         stats = compute_stats(table, self.stat_columns)
         stem = uuid.uuid4().hex
         record_files: list[str] = []
-        for name in self.record_fields:
-            rel = f"{DATA_DIR}/{stem}.{name}.array_record"
+        for i, name in enumerate(self.record_fields):
+            # the field's position, not its name, so any column name is a safe file name
+            rel = f"{DATA_DIR}/{stem}.r{i}.array_record"
             refs = write_records(
                 str(self.store.root),
                 rel,

@@ -125,6 +125,8 @@ def check_new_schema(
             raise SchemaError(f"Column {k!r} cannot be both a primary key and a record field.")
     if len(set(primary_keys)) != len(primary_keys):
         raise SchemaError(f"Primary keys repeat a column: {list(primary_keys)}.")
+    if len(set(record_fields)) != len(record_fields):
+        raise SchemaError(f"Record fields repeat a column: {list(record_fields)}.")
     for r in record_fields:
         if r not in schema.names:
             raise SchemaError(

@@ -83,7 +83,20 @@ class SnapshotLog:
             data = self.store.read_bytes(rel)
         except FileNotFoundError:
             raise SnapshotNotFoundError(self._unknown_message(snapshot_id)) from None
+        if loads(data, rel).get("expired"):
+            raise SnapshotNotFoundError(
+                f"Snapshot {snapshot_id} of dataset '{self.name}' was expired by maintenance; "
+                "see ds.versions() for the snapshots that remain."
+            )
         return SnapshotRecord.from_json(data, rel)
+
+    def expire(self, snapshot_id: int) -> None:
+        """Replace a record by a tombstone: its id stays taken, so ids stay dense and the
+        newest snapshot is still found by probing forward."""
+        self.store.replace(
+            snapshot_path(snapshot_id), dumps({"snapshot_id": snapshot_id, "expired": True})
+        )
+        self._read.cache_clear()
 
     def read(self, snapshot_id: int) -> SnapshotRecord:
         """The record of a snapshot (records are immutable, so they are cached)."""
@@ -184,6 +197,11 @@ class SnapshotLog:
 
     def add_branch(self, name: str, start_snapshot: int) -> None:
         check_ref_name(name, "branch")
+        if self.tag(name) is not None:
+            raise SchemaError(
+                f"Dataset '{self.name}' has a tag {name!r}; tags and branches share one "
+                "namespace, pick another name."
+            )
         if name == MAIN_BRANCH or not self.store.put_if_absent(
             f"{BRANCH_DIR}/{name}.json",
             dumps({"uid": uuid.uuid4().hex, "start_snapshot": start_snapshot}),
@@ -222,6 +240,11 @@ class SnapshotLog:
 
     def add_tag(self, name: str, snapshot_id: int) -> None:
         check_ref_name(name, "tag")
+        if name in self.branches():
+            raise SchemaError(
+                f"Dataset '{self.name}' has a branch {name!r}; tags and branches share one "
+                "namespace, pick another name."
+            )
         if not self.store.put_if_absent(
             f"{TAG_DIR}/{name}.json", dumps({"snapshot_id": snapshot_id})
         ):

@@ -94,15 +94,25 @@ def compact(table: Table, *, branch: str, options: CompactOptions) -> SnapshotRe
                     data = data.filter(pa.array(mask))
                 parts.append(data)
             merged = pa.concat_tables(parts)
+            plan.removes.extend(group)
+            if merged.num_rows == 0:
+                continue  # every row was deleted: the files just leave the state
             stats_source = merged.drop_columns(list(t.info.record_fields))
             records = tuple(sorted({r for e in group for r in e.record_files}))
             entry = writer.write_physical(merged, record_files=records, stats_source=stats_source)
-            plan.removes.extend(group)
             plan.adds.append(entry)
         del schema
         return plan
 
     return table.commit(planner, branch=branch)
+
+
+def _alive(table: Table, snapshot_id: int) -> bool:
+    try:
+        table.log.read(snapshot_id)
+    except SnapshotNotFoundError:
+        return False
+    return True
 
 
 def _needs_chain(table: Table, rec: SnapshotRecord, expired: set[int]) -> bool:
@@ -120,7 +130,7 @@ def expire_snapshots(table: Table, *, older_than: dt.datetime | None, keep_last:
     if keep_last < 1:
         raise SchemaError(f"keep_last must be at least 1, got {keep_last}.")
     latest = table.log.latest()
-    ids = [i for i in table.log.list_ids() if i <= latest.snapshot_id]
+    ids = [i for i in table.log.list_ids() if i <= latest.snapshot_id and _alive(table, i)]
     cutoff = None if older_than is None else int(older_than.timestamp() * 1000)
     keep = set(ids[-keep_last:]) | set(table.log.tags().values())
     keep |= {table.log.head(b, latest) for b in table.log.branches().values()}
@@ -135,8 +145,7 @@ def expire_snapshots(table: Table, *, older_than: dt.datetime | None, keep_last:
         if rec is not None and _needs_chain(table, rec, expired):
             _checkpoint_in_place(table, rec)
     for i in sorted(expired):
-        table.store.delete(snapshot_path(i))
-    table.log._read.cache_clear()
+        table.log.expire(i)
     return sorted(expired)
 
 

@@ -83,6 +83,8 @@ class FileEntry:
 
 
 def _stat_type(t: pa.DataType) -> bool:
+    if pa.types.is_float16(t):
+        return False  # no min/max kernel for half floats
     return bool(
         pa.types.is_integer(t)
         or pa.types.is_floating(t)
@@ -166,8 +168,9 @@ def manifest_schema(columns: list[pa.Field], *, with_action: bool) -> pa.Schema:
         pa.field("deleted_rows", pa.int64(), nullable=False),
         pa.field("deletion_snapshot", pa.int64()),
         pa.field("record_files", pa.list_(pa.string())),
-        pa.field("stats", _stats_type(columns)),
     ]
+    if columns:  # Parquet cannot store a struct without fields
+        fields.append(pa.field("stats", _stats_type(columns)))
     if with_action:
         fields.insert(0, pa.field("action", pa.string(), nullable=False))
     return pa.schema(fields)
@@ -192,7 +195,9 @@ def entries_to_table(
             "deleted_rows": e.deleted_rows,
             "deletion_snapshot": e.deletion_snapshot,
             "record_files": list(e.record_files),
-            "stats": {
+        }
+        if columns:
+            row["stats"] = {
                 f.name: (
                     {
                         "min": e.stats[f.name].min,
@@ -203,8 +208,7 @@ def entries_to_table(
                     else None
                 )
                 for f in columns
-            },
-        }
+            }
         if with_action:
             row["action"] = action
         rows.append(row)
@@ -217,7 +221,7 @@ def table_to_entries(table: pa.Table) -> list[tuple[str | None, FileEntry]]:
     for row in table.to_pylist():
         stats = {
             name: ColumnStats(s["min"], s["max"], s["null_count"])
-            for name, s in (row["stats"] or {}).items()
+            for name, s in (row.get("stats") or {}).items()
             if s is not None
         }
         entry = FileEntry(

@@ -137,7 +137,10 @@ class Table:
         while rec is not None:
             if rec.timestamp_ms <= target:
                 return rec
-            rec = None if rec.parent_id is None else self.log.read(rec.parent_id)
+            try:
+                rec = None if rec.parent_id is None else self.log.read(rec.parent_id)
+            except SnapshotNotFoundError:
+                rec = None  # older history was expired
         raise SnapshotNotFoundError(
             f"Dataset '{self.name}' has no snapshot at or before {when.isoformat()} on "
             f"branch {branch!r}; it was created later."
@@ -246,7 +249,11 @@ class Table:
                     self._abandon(writer)
                     return None
             assert plan is not None and writer is not None
-            record = self._try_commit(plan, latest, head, br, writer)
+            try:
+                record = self._try_commit(plan, latest, head, br, writer)
+            except BaseException:
+                self._abandon(writer)
+                raise
             if record is not None:
                 return record
             time.sleep(min(0.2, 0.002 * (2 ** min(attempt, 7))) * random.random())
