@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from spacesql.engine import ChangeSet, CommitResult, Dataset
 from spacesql.errors import (
     CommitConflictError,
@@ -16,7 +18,23 @@ from spacesql.errors import (
     TableNotFoundError,
 )
 
+if TYPE_CHECKING:
+    from spacesql.session import Connection
+
 __version__ = "0.1.0"
+
+
+def connect(path: str = ".", *, threads: int | None = None) -> Connection:
+    """Open the catalog at ``path`` (created if missing) as a DuckDB-backed connection.
+
+    Args:
+        path: The catalog directory.
+        threads: DuckDB worker threads (default: DuckDB's choice).
+    """
+    from spacesql.session import connect as _connect
+
+    return _connect(path, threads=threads)
+
 
 __all__ = [
     "ChangeSet",
@@ -33,4 +51,5 @@ __all__ = [
     "SqlError",
     "TableNotFoundError",
     "__version__",
+    "connect",
 ]

@@ -43,12 +43,10 @@ class View:
 
 
 def _col(name: str) -> Any:
-    return duckdb.ColumnExpression(_quote(name))
+    return duckdb.ColumnExpression(name)
 
 
 def _quote(name: str) -> str:
-    # ColumnExpression parses its argument as a (possibly qualified) column reference, so a
-    # name with dots or quotes must be given as a quoted identifier.
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -137,9 +135,7 @@ class Registrar:
             scan = self.con.read_parquet(
                 files, filename=True, file_row_number=True, union_by_name=evolved
             )
-            live = scan.join(
-                self.con.from_arrow(deleted), f"{FILE_COLUMN}, {POSITION_COLUMN}", how="anti"
-            )
+            live = scan.join(self.con.from_arrow(deleted), f"{_FILENAME}, {_ROW}", how="anti")
             parts.append(
                 live.project(*[_col(c) for c in scan.columns if c in (*schema.names, *extra)])
             )

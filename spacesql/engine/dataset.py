@@ -316,6 +316,11 @@ class LocalRunner:
     def _table(self) -> Table:
         return self._ds.table
 
+    def commit(self, op: Operation, *, expected_snapshot: int | None = None) -> CommitResult:
+        """Commit an operation object (see ``spacesql.engine.operations``); with
+        ``expected_snapshot``, a moved branch head raises CommitConflictError."""
+        return self._commit(op, expected_snapshot=expected_snapshot)
+
     def _commit(self, op: Operation, *, expected_snapshot: int | None = None) -> CommitResult:
         record = self._table.commit(
             op.plan, branch=self._ds.current_branch, expected_snapshot=expected_snapshot
@@ -348,10 +353,18 @@ class LocalRunner:
             Append(self._data(data, keyed=False)), expected_snapshot=expected_snapshot
         )
 
-    def insert(self, data: Any, *, expected_snapshot: int | None = None) -> CommitResult:
-        """Add rows; fails, writing nothing, if any key repeats or already exists."""
+    def insert(
+        self,
+        data: Any,
+        *,
+        ignore_existing: bool = False,
+        expected_snapshot: int | None = None,
+    ) -> CommitResult:
+        """Add rows; fails, writing nothing, if any key repeats or already exists (with
+        ``ignore_existing``, rows whose key exists are skipped instead)."""
         return self._commit(
-            Insert(self._data(data, keyed=True)), expected_snapshot=expected_snapshot
+            Insert(self._data(data, keyed=True), ignore_existing),
+            expected_snapshot=expected_snapshot,
         )
 
     def upsert(self, data: Any, *, expected_snapshot: int | None = None) -> CommitResult:

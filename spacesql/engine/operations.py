@@ -134,25 +134,32 @@ class Insert(Operation):
     """Add rows whose keys must not exist yet."""
 
     data: pa.Table
+    ignore_existing: bool = False
     name = "insert"
 
     def plan(
         self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
     ) -> Plan | None:
-        if self.data.num_rows == 0:
-            return None
-        keys = table.info.primary_keys
-        if keys:
-            hits = _matching_keys(_scanner(table, head, state), self.data.select(list(keys)))
-            if hits:
+        data = self.data
+        keys = list(table.info.primary_keys)
+        if data.num_rows and keys:
+            scanner = _scanner(table, head, state)
+            hits = _matching_keys(scanner, data.select(keys))
+            if hits and self.ignore_existing:
+                existing = pa.concat_tables([scanner.take_rows(e, p).select(keys) for e, p in hits])
+                kept = data.join(existing, keys=keys, join_type="left anti")
+                data = kept.select(data.column_names).cast(data.schema)
+            elif hits:
                 entry, pos = hits[0]
-                existing = _scanner(table, head, state).take_rows(entry, pos[:3])
+                existing = scanner.take_rows(entry, pos[:3])
                 raise ConstraintError(
                     f"Primary key(s) already in dataset '{table.name}': "
-                    f"{existing.select(list(keys)).to_pylist()}. Use upsert() (INSERT OR "
+                    f"{existing.select(keys).to_pylist()}. Use upsert() (INSERT OR "
                     "REPLACE) to replace existing rows."
                 )
-        return Plan(self.name, adds=_write_rows(writer, self.data), added_rows=self.data.num_rows)
+        if data.num_rows == 0:
+            return None
+        return Plan(self.name, adds=_write_rows(writer, data), added_rows=data.num_rows)
 
 
 @dataclass(frozen=True)

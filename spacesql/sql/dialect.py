@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlglot import exp, parser
+from sqlglot import TokenType, exp, parser
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ErrorLevel
-from sqlglot.tokens import TokenType
 
 __all__ = ["Call", "SpaceSQL", "parse"]
 
@@ -40,15 +39,15 @@ class SpaceSQL(DuckDB):
         # DuckDB's tokenizer swallows everything after CALL as one opaque string.
         KEYWORDS = {**DuckDB.Tokenizer.KEYWORDS, "CALL": TokenType.PROCEDURE}
 
-    class Parser(DuckDB.Parser):
+    class Parser(DuckDB.Parser):  # type: ignore[valid-type,misc]
         STATEMENT_PARSERS = {
             **DuckDB.Parser.STATEMENT_PARSERS,
             TokenType.PROCEDURE: _parse_call,
         }
 
-    class Generator(DuckDB.Generator):
+    class Generator(DuckDB.Generator):  # type: ignore[valid-type,misc]
         TRANSFORMS: dict[type[exp.Expression], Any] = {
-            **DuckDB.Generator.TRANSFORMS,
+            **DuckDB.Generator.TRANSFORMS,  # type: ignore[dict-item]
             Call: lambda self, e: f"CALL {self.sql(e, 'this')}",
         }
 
@@ -64,4 +63,5 @@ def parse(sql: str) -> list[exp.Expression]:
     >>> [type(e).__name__ for e in parse("SELECT 1; CALL spacesql_tag('t', 'v')")]
     ['Select', 'Call']
     """
-    return [e for e in SpaceSQL().parse(sql, error_level=ErrorLevel.RAISE) if e is not None]
+    statements = SpaceSQL().parse(sql, error_level=ErrorLevel.RAISE)
+    return [e for e in statements if e is not None]  # type: ignore[misc]

@@ -178,7 +178,7 @@ def number_placeholders(stmt: exp.Expression) -> exp.Expression:
     return stmt
 
 
-def _target_select(table: exp.Table, columns: Sequence[exp.Expression]) -> exp.Select:
+def _target_select(table: exp.Table, columns: Sequence[Any]) -> exp.Select:
     qualifier = table.alias_or_name
     source = exp.Table(
         this=exp.to_identifier(table.name), alias=exp.TableAlias(this=exp.to_identifier(qualifier))
@@ -229,7 +229,7 @@ def update_rows_query(stmt: exp.Update, columns: Sequence[str]) -> exp.Select:
         if name in sets:
             raise SqlError(f"Column {name!r} is SET twice.")
         sets[name] = eq.expression.copy()
-    exprs = [
+    exprs: list[Any] = [
         exp.alias_(sets[c], c) if c in sets else exp.alias_(exp.column(c, table=qualifier), c)
         for c in columns
     ]

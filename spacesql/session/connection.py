@@ -1,0 +1,227 @@
+"""``spacesql.connect()``: a DuckDB connection in which a catalog's datasets are tables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from spacesql.catalog import Catalog, Registrar
+from spacesql.engine import Dataset
+from spacesql.errors import CommitConflictError, SqlError, TableNotFoundError
+from spacesql.sql.host import Params, Relation
+from spacesql.sql.routing import PassThrough, Query, Reject, Write
+from spacesql.sql.statements import decide, split, transaction_effect
+from spacesql.sql.translate import (
+    FunctionRef,
+    TableRef,
+    generate,
+    rewrite_references,
+)
+
+__all__ = ["Connection", "connect"]
+
+#: A parsed statement (a sqlglot tree; only the sql layer looks inside).
+Statement = Any
+
+
+def connect(path: str | os.PathLike[str] = ".", *, threads: int | None = None) -> Connection:
+    """Open (creating if missing) the catalog at ``path`` as a DuckDB connection.
+
+    Args:
+        path: The catalog directory.
+        threads: DuckDB worker threads (default: DuckDB's choice).
+    """
+    return Connection(path, threads=threads)
+
+
+def _to_arrow(rel: Relation) -> pa.Table:
+    if hasattr(rel, "to_arrow_table"):
+        return rel.to_arrow_table()
+    return rel.arrow()  # duckdb < 1.4
+
+
+class Connection:
+    """A DuckDB connection over a spacesql catalog.
+
+    Reads see each dataset's current snapshot (``AT (VERSION => ...)`` for others); writes
+    to datasets become engine commits; everything else is plain DuckDB.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        self.catalog = Catalog(path)
+        config: dict[str, Any] = {} if threads is None else {"threads": threads}
+        self._con = duckdb.connect(config=config)
+        self._registrar = Registrar(self._con, self.catalog)
+        self._functions = 0
+        #: Datasets whose plain view is pinned to a snapshot for the running statement.
+        self._pinned: set[str] = set()
+        self._in_transaction = False
+        self._closed = False
+
+    # --- DuckDB-like surface -----------------------------------------------------------
+
+    @property
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        """The underlying DuckDB connection."""
+        return self._con
+
+    def sql(self, query: str, *, params: Params = None) -> Relation | None:
+        """Run statements; return the last one's result as a relation (None if it has none)."""
+        result = None
+        for text in split(query):
+            result = self._run(text, params)
+        return result
+
+    def execute(self, query: str, parameters: Params = None) -> Connection:
+        """Run statements; fetch the last one's result with fetchall(), df(), arrow()."""
+        self._last = self.sql(query, params=parameters)
+        return self
+
+    def _result(self) -> Relation:
+        last = getattr(self, "_last", None)
+        if last is None:
+            raise SqlError("The last statement returned no rows to fetch.")
+        return last
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._result().fetchall()
+        return rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._result().fetchone()
+        return row
+
+    def df(self) -> Any:
+        return self._result().df()
+
+    fetchdf = df
+
+    def arrow(self) -> pa.Table:
+        return _to_arrow(self._result())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._con.close()
+            self._closed = True
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- catalog -----------------------------------------------------------------------
+
+    def dataset(self, name: str) -> Dataset:
+        """The dataset behind a table: its runner does what the SQL does."""
+        return self.catalog.dataset(name)
+
+    def tables(self) -> list[str]:
+        return self.catalog.names()
+
+    # --- execution ---------------------------------------------------------------------
+
+    def _run(self, text: str, params: Params) -> Relation | None:
+        self._pinned = set()
+        stmt, decision = decide(text, self.catalog.__contains__)
+        if isinstance(decision, Reject):
+            raise SqlError(decision.message)
+        if isinstance(decision, PassThrough):
+            effect = transaction_effect(stmt)
+            if effect is not None:
+                self._in_transaction = effect
+            return self._duck(text, params)
+        assert stmt is not None
+        if isinstance(decision, Query):
+            return self._query(stmt, text, params)
+        if self._in_transaction:
+            raise SqlError(
+                "Writes to spacesql tables inside BEGIN ... COMMIT are not supported yet: each "
+                "statement commits on its own. COMMIT or ROLLBACK first."
+            )
+        from spacesql.sql.writes import execute_write
+
+        assert isinstance(decision, Write)
+
+        for attempt in range(20):
+            try:
+                return execute_write(self, stmt, decision, params)
+            except CommitConflictError:
+                if attempt == 19:
+                    raise
+        return None  # pragma: no cover
+
+    def _duck(self, text: str, params: Params) -> Relation | None:
+        try:
+            return self._con.sql(text, params=params)
+        except duckdb.CatalogException as exc:
+            raise TableNotFoundError(self._catalog_message(exc)) from exc
+        except duckdb.ParserException as exc:
+            raise SqlError(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
+
+    def _catalog_message(self, exc: Exception) -> str:
+        message = str(exc)
+        import difflib
+
+        names = self.catalog.names()
+        for word in message.replace('"', " ").split():
+            close = difflib.get_close_matches(word, names, n=1)
+            if close and word not in names:
+                return f"{message}\nDid you mean the spacesql table '{close[0]}'?"
+        return message
+
+    def _query(self, stmt: Statement, text: str, params: Params) -> Relation | None:
+        rewritten, changed = rewrite_references(
+            stmt, self.catalog.__contains__, self._view_for, self._function_view
+        )
+        return self._duck(generate(rewritten) if changed else text, params)
+
+    def register_read(self, stmt: Statement) -> Statement:
+        """Register what a statement reads; returns it pointed at the registered views."""
+        rewritten, _ = rewrite_references(
+            stmt, self.catalog.__contains__, self._view_for, self._function_view
+        )
+        return rewritten
+
+    def _view_for(self, ref: TableRef) -> str:
+        if ref.version is None:
+            if ref.name in self._pinned:
+                return ref.name
+            return self._registrar.register(ref.name, ref.name).name
+        _ds, record = self._registrar.resolve(ref.name, ref.version)
+        view = f"{ref.name}@{record.snapshot_id}"
+        return self._registrar.register(view, ref.name, record.snapshot_id).name
+
+    def _function_view(self, ref: FunctionRef) -> str:
+        from spacesql.session.metadata import metadata_table
+
+        table = metadata_table(self, ref.function, ref.args)
+        self._functions += 1
+        name = f"__spacesql_fn_{self._functions}"
+        self._con.register(name, table)
+        return name
+
+    def query_arrow(self, stmt: Statement, params: Params) -> pa.Table:
+        """Run a (rewritten) query and fetch it as Arrow; errors become SqlError."""
+        try:
+            return _to_arrow(self._con.sql(generate(stmt), params=params))
+        except duckdb.CatalogException as exc:
+            raise TableNotFoundError(self._catalog_message(exc)) from exc
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
+
+    def register_positions(self, view: str, name: str) -> tuple[str, int]:
+        """Show the head of ``name`` with row positions as ``view``, and pin the plain view of
+        ``name`` to the same snapshot for the statement; returns (view, snapshot)."""
+        registered = self._registrar.register(view, name, positions=True)
+        self._registrar.register(name, name, registered.snapshot_id)
+        self._pinned = {name}
+        return registered.name, registered.snapshot_id
+
+    def forget(self, name: str) -> None:
+        self._registrar.unregister(name)
