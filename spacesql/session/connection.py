@@ -165,14 +165,19 @@ class Connection:
             raise SqlError(str(exc)) from exc
 
     def _catalog_message(self, exc: Exception) -> str:
-        message = str(exc)
+        """DuckDB's message, or ours with a "did you mean" when a table name is close to a
+        spacesql table."""
         import difflib
 
+        message = str(exc)
         names = self.catalog.names()
         for word in message.replace('"', " ").split():
-            close = difflib.get_close_matches(word, names, n=1)
+            close = difflib.get_close_matches(word, names, n=1, cutoff=0.75)
             if close and word not in names:
-                return f"{message}\nDid you mean the spacesql table '{close[0]}'?"
+                return (
+                    f"No table '{word}' in catalog '{self.catalog.path}'. Did you mean "
+                    f"'{close[0]}'?"
+                )
         return message
 
     def _query(self, stmt: Statement, text: str, params: Params) -> Relation | None:
