@@ -11,7 +11,7 @@ import spacesql
 from spacesql.cli.shell import print_result
 from spacesql.errors import SpaceSQLError
 from spacesql.sql.statements import split
-from spacesql.sql.templates import render_script
+from spacesql.sql.rendering import render_script
 
 __all__ = ["run_script"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -51,19 +52,15 @@ class Shell:
             import readline
         except ImportError:  # pragma: no cover - Windows
             return
-        try:
+        with contextlib.suppress(OSError):
             readline.read_history_file(self._history)
-        except OSError:
-            pass
         import atexit
 
         atexit.register(self._save_history, readline)
 
     def _save_history(self, readline: Any) -> None:
-        try:
+        with contextlib.suppress(OSError):
             readline.write_history_file(self._history)
-        except OSError:
-            pass
 
     def loop(self) -> None:
         self._setup_readline()

@@ -9,7 +9,7 @@ import duckdb
 from spacesql.catalog import Catalog
 from spacesql.engine import Dataset
 from spacesql.engine.format import SnapshotRecord
-from spacesql.sql.templates import identifier, render, string_literal
+from spacesql.sql.rendering import identifier, render, string_literal
 
 __all__ = ["duckdb_init_script"]
 
