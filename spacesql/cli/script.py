@@ -10,8 +10,8 @@ import click
 import spacesql
 from spacesql.cli.shell import print_result
 from spacesql.errors import SpaceSQLError
-from spacesql.sql.statements import split
 from spacesql.sql.rendering import render_script
+from spacesql.sql.statements import split
 
 __all__ = ["run_script"]
 

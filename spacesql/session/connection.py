@@ -76,31 +76,40 @@ class Connection:
         return result
 
     def execute(self, query: str, parameters: Params = None) -> Connection:
-        """Run statements; fetch the last one's result with fetchall(), df(), arrow()."""
-        self._last = self.sql(query, params=parameters)
+        """Run statements and keep the last one's result for fetchone(), fetchall(), df(),
+        arrow() (as DuckDB's connection does)."""
+        rel = self.sql(query, params=parameters)
+        self._last = None if rel is None else _to_arrow(rel)
+        self._cursor = 0
         return self
 
-    def _result(self) -> Relation:
+    def _result(self) -> pa.Table:
         last = getattr(self, "_last", None)
         if last is None:
-            raise SqlError("The last statement returned no rows to fetch.")
+            raise SqlError("The last statement returned no rows to fetch; run a query first.")
         return last
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self._result().fetchall()
-        return rows
+        table = self._result().slice(self._cursor)
+        self._cursor += table.num_rows
+        columns = [c.to_pylist() for c in table.columns]
+        return list(zip(*columns, strict=True)) if columns else []
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._result().fetchone()
-        return row
+        table = self._result()
+        if self._cursor >= table.num_rows:
+            return None
+        row = table.slice(self._cursor, 1)
+        self._cursor += 1
+        return tuple(c[0].as_py() for c in row.columns)
 
     def df(self) -> Any:
-        return self._result().df()
+        return self._result().to_pandas()
 
     fetchdf = df
 
     def arrow(self) -> pa.Table:
-        return _to_arrow(self._result())
+        return self._result()
 
     def close(self) -> None:
         if not self._closed:
@@ -136,7 +145,7 @@ class Connection:
             return self._duck(text, params)
         assert stmt is not None
         if isinstance(decision, Query):
-            return self._query(stmt, text, params)
+            return self._query(stmt, text, params, decision.tables)
         if self._in_transaction:
             raise SqlError(
                 "Writes to spacesql tables inside BEGIN ... COMMIT are not supported yet: each "
@@ -172,7 +181,7 @@ class Connection:
         message = str(exc)
         names = self.catalog.names()
         for word in message.replace('"', " ").split():
-            close = difflib.get_close_matches(word, names, n=1, cutoff=0.75)
+            close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
             if close and word not in names:
                 return (
                     f"No table '{word}' in catalog '{self.catalog.path}'. Did you mean "
@@ -180,7 +189,11 @@ class Connection:
                 )
         return message
 
-    def _query(self, stmt: Statement, text: str, params: Params) -> Relation | None:
+    def _query(
+        self, stmt: Statement, text: str, params: Params, tables: tuple[str, ...] = ()
+    ) -> Relation | None:
+        for name in tables:
+            self._view_for(TableRef(name, None))
         rewritten, changed = rewrite_references(
             stmt, self.catalog.__contains__, self._view_for, self._function_view
         )

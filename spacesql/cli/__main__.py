@@ -1,0 +1,5 @@
+"""``python -m spacesql.cli``."""
+
+from spacesql.cli import main
+
+main()
