@@ -41,7 +41,9 @@ def make_dataset(tmp_path: Path) -> Callable[..., Dataset]:
         **options: Any,
     ) -> Dataset:
         ds = Dataset.create(
-            tmp_path / (name or f"ds{next(counter)}"), schema, primary_keys=primary_keys,
+            tmp_path / (name or f"ds{next(counter)}"),
+            schema,
+            primary_keys=primary_keys,
             **options,
         )
         if rows is not None:

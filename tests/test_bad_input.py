@@ -38,33 +38,64 @@ def assert_unchanged(ds: Dataset, before: set[str], snapshot: int) -> None:
 
 BAD_WRITES = [
     ("append", lambda r: r.append(pa.table({"id": [1]})), SchemaError, "missing columns"),
-    ("extra", lambda r: r.append(labels([7]).append_column("x", pa.array([1]))),
-     SchemaError, r"unknown columns \['x'\]"),
-    ("type", lambda r: r.append({"id": ["a"], "label": ["x"], "score": [1.0]}),
-     SchemaError, "Column 'id' has type string"),
-    ("null key", lambda r: r.append(pa.table({"id": [None], "label": ["x"], "score": [1.0]},
-                                             schema=LABELS)),
-     ConstraintError, "null"),
+    (
+        "extra",
+        lambda r: r.append(labels([7]).append_column("x", pa.array([1]))),
+        SchemaError,
+        r"unknown columns \['x'\]",
+    ),
+    (
+        "type",
+        lambda r: r.append({"id": ["a"], "label": ["x"], "score": [1.0]}),
+        SchemaError,
+        "Column 'id' has type string",
+    ),
+    (
+        "null key",
+        lambda r: r.append(pa.table({"id": [None], "label": ["x"], "score": [1.0]}, schema=LABELS)),
+        ConstraintError,
+        "null",
+    ),
     ("dup key insert", lambda r: r.insert(labels([8, 8])), ConstraintError, "Duplicate"),
-    ("existing key insert", lambda r: r.insert(labels([9, 3])), ConstraintError,
-     r"already in dataset.*'id': 3"),
+    (
+        "existing key insert",
+        lambda r: r.insert(labels([9, 3])),
+        ConstraintError,
+        r"already in dataset.*'id': 3",
+    ),
     ("dup key upsert", lambda r: r.upsert(labels([8, 8])), ConstraintError, "Duplicate"),
-    ("unknown filter column", lambda r: r.delete(pc.field("nope") == 1), SchemaError,
-     "nope"),
-    ("filter not expression", lambda r: r.delete("id = 1"), SchemaError,
-     "pyarrow.compute expression"),
-    ("update unknown column", lambda r: r.update(pc.field("id") == 1, {"nope": 1}),
-     SchemaError, "no column"),
-    ("update bad value", lambda r: r.update(pc.field("id") == 1, {"score": "high"}),
-     SchemaError, "Cannot set column 'score'"),
-    ("update key clash", lambda r: r.update(pc.field("id") == 1, {"id": 2}),
-     ConstraintError, "unique"),
+    ("unknown filter column", lambda r: r.delete(pc.field("nope") == 1), SchemaError, "nope"),
+    (
+        "filter not expression",
+        lambda r: r.delete("id = 1"),
+        SchemaError,
+        "pyarrow.compute expression",
+    ),
+    (
+        "update unknown column",
+        lambda r: r.update(pc.field("id") == 1, {"nope": 1}),
+        SchemaError,
+        "no column",
+    ),
+    (
+        "update bad value",
+        lambda r: r.update(pc.field("id") == 1, {"score": "high"}),
+        SchemaError,
+        "Cannot set column 'score'",
+    ),
+    (
+        "update key clash",
+        lambda r: r.update(pc.field("id") == 1, {"id": 2}),
+        ConstraintError,
+        "unique",
+    ),
     ("not data", lambda r: r.append(42), SchemaError, "Cannot read data of type int"),
 ]
 
 
-@pytest.mark.parametrize("write, error, match", [b[1:] for b in BAD_WRITES],
-                         ids=[b[0] for b in BAD_WRITES])
+@pytest.mark.parametrize(
+    "write, error, match", [b[1:] for b in BAD_WRITES], ids=[b[0] for b in BAD_WRITES]
+)
 def test_bad_writes_write_nothing(ds, write, error, match):
     before, snap = files_of(ds), ds.snapshot().snapshot_id
     with pytest.raises(error, match=match) as info:

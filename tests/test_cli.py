@@ -13,15 +13,20 @@ SPACESQL = [sys.executable, "-m", "spacesql.cli"]
 
 
 def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SPACESQL, *args], capture_output=True, text=True, input=input,
-                          timeout=120)
+    return subprocess.run(
+        [*SPACESQL, *args], capture_output=True, text=True, input=input, timeout=120
+    )
 
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Path:
     path = tmp_path / "cat"
-    out = run("sql", str(path), "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR); "
-              "INSERT INTO t VALUES (1, 'a'), (2, 'b'); CALL spacesql_tag('t', 'first')")
+    out = run(
+        "sql",
+        str(path),
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR); "
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'); CALL spacesql_tag('t', 'first')",
+    )
     assert out.returncode == 0, out.stderr
     return path
 
@@ -56,8 +61,11 @@ def test_run_script_with_variables_and_error_line(catalog, tmp_path):
 
 
 def test_shell_reads_multiline_statements_and_commands(catalog):
-    out = run("shell", str(catalog), input="SELECT id\nFROM t\nORDER BY id;\n.tables\n"
-              ".schema t\nSELECT * FROM nope;\n.quit\n")
+    out = run(
+        "shell",
+        str(catalog),
+        input="SELECT id\nFROM t\nORDER BY id;\n.tables\n.schema t\nSELECT * FROM nope;\n.quit\n",
+    )
     assert out.returncode == 0
     assert "│ t " in out.stdout or "│ t          │" in out.stdout
     assert "id int64" in out.stdout
@@ -72,9 +80,19 @@ def test_duckdb_init_with_the_real_duckdb_shell(catalog, tmp_path):
     script = tmp_path / "init.sql"
     script.write_text(init.stdout)
     out = subprocess.run(
-        ["duckdb", "-csv", "-c", f".read {script}", "-c", "SELECT id FROM t ORDER BY id",
-         "-c", "SELECT id FROM t__first ORDER BY id"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "duckdb",
+            "-csv",
+            "-c",
+            f".read {script}",
+            "-c",
+            "SELECT id FROM t ORDER BY id",
+            "-c",
+            "SELECT id FROM t__first ORDER BY id",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["id", "2", "id", "1", "2"]

@@ -20,8 +20,7 @@ def ids(table: pa.Table) -> list[int]:
 def test_guide_example_runs_as_written(tmp_path):
     labels_table = labels(range(12))
     location = str(tmp_path / "labels")
-    label_ds = Dataset.create(location, labels_table.schema, primary_keys=["id"],
-                              record_fields=[])
+    label_ds = Dataset.create(location, labels_table.schema, primary_keys=["id"], record_fields=[])
     label_ds.local().append(labels_table)
     label_ds.add_tag("after_append")
     assert ids(label_ds.local().read_all(fields=["id"])) == list(range(12))
@@ -92,8 +91,11 @@ def test_insert_upsert_update(make_dataset):
 
 
 def test_delete_with_null_filter_keeps_row(make_dataset):
-    ds = make_dataset(rows=pa.table({"id": [1, 2, 3], "label": ["a", None, "b"],
-                                     "score": [1.0, None, 3.0]}, schema=LABELS))
+    ds = make_dataset(
+        rows=pa.table(
+            {"id": [1, 2, 3], "label": ["a", None, "b"], "score": [1.0, None, 3.0]}, schema=LABELS
+        )
+    )
     result = ds.local().delete(pc.field("score") > 2.0)
     assert result.deleted_rows == 1
     assert ids(ds.local().read_all()) == [1, 2]
@@ -185,10 +187,15 @@ def test_diff_lists_full_rows_with_snapshot_ids(make_dataset):
     ds.local().upsert(labels([1], "boat"))
     ds.local().insert(labels([9]))
     changes = ds.local().changes(1, 4)
-    rows = sorted(zip(changes.column("change_type").to_pylist(),
-                      changes.column("snapshot_id").to_pylist(),
-                      changes.column("id").to_pylist(),
-                      changes.column("label").to_pylist()))
+    rows = sorted(
+        zip(
+            changes.column("change_type").to_pylist(),
+            changes.column("snapshot_id").to_pylist(),
+            changes.column("id").to_pylist(),
+            changes.column("label").to_pylist(),
+            strict=False,
+        )
+    )
     assert rows == [
         ("delete", 2, 0, "car"),
         ("delete", 3, 1, "car"),
@@ -196,8 +203,10 @@ def test_diff_lists_full_rows_with_snapshot_ids(make_dataset):
         ("insert", 4, 9, "car"),
     ]
     back = ds.local().changes(4, 1)
-    assert sorted(back.filter(pc.field("change_type") == "insert").column("id").to_pylist()) \
-        == [0, 1]
+    assert sorted(back.filter(pc.field("change_type") == "insert").column("id").to_pylist()) == [
+        0,
+        1,
+    ]
 
 
 def test_diff_cancels_identical_rewrites(make_dataset):

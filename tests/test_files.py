@@ -30,8 +30,7 @@ def images(ids, tag="v1"):
 
 @pytest.fixture
 def img(make_dataset):
-    ds = make_dataset(IMAGES, images(range(10)), record_fields=["image"],
-                      array_record_group_size=2)
+    ds = make_dataset(IMAGES, images(range(10)), record_fields=["image"], array_record_group_size=2)
     ds.local().upsert(images([3, 10, 11], tag="v2"))
     ds.local().delete(pc.field("id") == 0)
     return ds
@@ -48,8 +47,9 @@ def test_record_fields_live_in_array_record_files(img):
     data_files = os.listdir(img.location / "data")
     assert any(f.endswith(".r0.array_record") for f in data_files)
     index = pq.read_table(img.location / img.manifest().column("path")[0].as_py())
-    assert index.schema.field("image").type == pa.struct([("file", pa.string()),
-                                                          ("row", pa.int64())])
+    assert index.schema.field("image").type == pa.struct(
+        [("file", pa.string()), ("row", pa.int64())]
+    )
     refs = index.column("image").to_pylist()
     assert all(r is None or not r["file"].startswith("/") for r in refs)
 
@@ -191,10 +191,16 @@ def test_dataset_without_statistics_columns(make_dataset):
     ds = make_dataset(schema, primary_keys=["key"], record_fields=["blob"])
     import numpy as np
 
-    ds.local().insert({"key": [b"a", b"b"], "blob": [b"1", b"2"],
-                       "h": pa.array(np.array([1, 2], dtype=np.float16))})
-    ds.local().upsert({"key": [b"a"], "blob": [b"3"],
-                       "h": pa.array(np.array([3], dtype=np.float16))})
+    ds.local().insert(
+        {
+            "key": [b"a", b"b"],
+            "blob": [b"1", b"2"],
+            "h": pa.array(np.array([1, 2], dtype=np.float16)),
+        }
+    )
+    ds.local().upsert(
+        {"key": [b"a"], "blob": [b"3"], "h": pa.array(np.array([3], dtype=np.float16))}
+    )
     got = {r["key"]: r["blob"] for r in ds.local().read_all().to_pylist()}
     assert got == {b"a": b"3", b"b": b"2"}
 

@@ -57,8 +57,7 @@ def test_import_is_light():
         "import sys, spacesql; heavy = [m for m in ('torch', 'ray', 'datasets', "
         "'label_studio_sdk') if m in sys.modules]; print(heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 

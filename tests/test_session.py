@@ -50,8 +50,9 @@ def test_one_snapshot_per_statement(con):
 
 
 def test_views_are_lazy_parquet_scans(con):
-    plan = "\n".join(str(r[1]) for r in con.execute("EXPLAIN SELECT label FROM t WHERE id = 3")
-                     .fetchall())
+    plan = "\n".join(
+        str(r[1]) for r in con.execute("EXPLAIN SELECT label FROM t WHERE id = 3").fetchall()
+    )
     assert "PARQUET" in plan.upper() or "READ_PARQUET" in plan.upper()
     assert "ARROW" not in plan.upper()
 
@@ -80,7 +81,7 @@ def test_other_process_commits_are_seen_on_next_statement(con, tmp_path):
     script = textwrap.dedent(
         f"""
         import spacesql
-        with spacesql.connect({str(tmp_path / 'cat')!r}) as c:
+        with spacesql.connect({str(tmp_path / "cat")!r}) as c:
             c.sql("INSERT INTO t VALUES (500, 'other', 1.0)")
         """
     )

@@ -62,10 +62,15 @@ def test_all_types_round_trip(make_dataset):
 def test_all_types_through_upsert_diff_and_filters(make_dataset):
     ds = make_dataset(ALL_TYPES, rows(6))
     ds.local().upsert(rows(2, offset=5))
-    ts = pa.scalar(dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc),
-                   pa.timestamp("us", tz="UTC"))
+    ts = pa.scalar(
+        dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.timezone.utc), pa.timestamp("us", tz="UTC")
+    )
     # ids 2, 3, 4 (10:00 + 2..4 h); the upserted 5 and 6 restart at 10:00
-    assert ds.local().read_all(filter_=pc.field("ts_tz") >= ts).column("id").to_pylist() == [2, 3, 4]
+    assert ds.local().read_all(filter_=pc.field("ts_tz") >= ts).column("id").to_pylist() == [
+        2,
+        3,
+        4,
+    ]
     assert ds.local().read_all(filter_=pc.field("price") > decimal.Decimal("3")).num_rows == 2
     changes = ds.local().changes(1, 2)
     assert changes.schema.remove(0).remove(0) == ALL_TYPES
@@ -75,5 +80,4 @@ def test_all_types_through_upsert_diff_and_filters(make_dataset):
 
 def test_nan_column_is_not_pruned_wrongly(make_dataset):
     ds = make_dataset(ALL_TYPES, rows(6))
-    assert ds.local().read_all(filter_=pc.is_nan(pc.field("f16"))).column("id").to_pylist() \
-        == [1]
+    assert ds.local().read_all(filter_=pc.is_nan(pc.field("f16"))).column("id").to_pylist() == [1]
