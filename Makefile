@@ -7,7 +7,7 @@ install:  ## editable install with the dev tools
 	pip install -e '.[dev]'
 
 lint:  ## ruff and mypy
-	ruff check spacesql tests benchmarks
+	ruff check .
 	mypy
 
 test:  ## the default test suite (no timings)

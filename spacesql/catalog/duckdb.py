@@ -21,7 +21,7 @@ from spacesql.engine import Dataset
 from spacesql.engine.files import read_deletes
 from spacesql.engine.format import SnapshotRecord
 from spacesql.engine.log import Version
-from spacesql.engine.records import RecordReader
+from spacesql.engine.records import REFERENCE_TYPE, RecordReader
 
 __all__ = ["FILE_COLUMN", "POSITION_COLUMN", "Registrar", "View"]
 
@@ -38,6 +38,7 @@ class View:
 
     name: str
     dataset: str
+    uuid: str
     snapshot_id: int
     positions: bool
 
@@ -75,16 +76,11 @@ class Registrar:
         """Make ``view_name`` show ``name`` at ``version`` (re-created only if it changed)."""
         ds, record = self.resolve(name, version)
         current = self._views.get(view_name)
-        if (
-            current is not None
-            and current.dataset == name
-            and current.snapshot_id == record.snapshot_id
-            and current.positions == positions
-        ):
+        view = View(view_name, name, ds.table.info.uuid, record.snapshot_id, positions)
+        if current == view:
             return current
         rel, keep = self.relation(ds, record, positions=positions)
         rel.create_view(view_name, replace=True)
-        view = View(view_name, name, record.snapshot_id, positions)
         self._views[view_name] = view
         self._keep[view_name] = keep
         return view
@@ -94,12 +90,36 @@ class Registrar:
             self.con.execute(f"DROP VIEW IF EXISTS {_quote(view_name)}")
             self._keep.pop(view_name, None)
 
+    def forget_dataset(self, name: str) -> None:
+        """Drop every view showing dataset ``name`` (it was dropped or replaced)."""
+        for view in [v for v in self._views.values() if v.dataset == name]:
+            self.unregister(view.name)
+
+    def refresh(self) -> None:
+        """Move registered head views to their dataset's newest snapshot, so DuckDB views
+        and macros defined over them see other commits too."""
+        for view in list(self._views.values()):
+            if view.name != view.dataset or view.positions:
+                continue
+            if view.dataset not in self.catalog:
+                self.unregister(view.name)
+                continue
+            self.register(view.name, view.dataset)
+
+    def _null(self, field: pa.Field) -> Any:
+        """A NULL of the DuckDB type of an Arrow field."""
+        typ = self.con.from_arrow(pa.schema([field]).empty_table()).types[0]
+        return duckdb.ConstantExpression(None).cast(typ).alias(field.name)
+
     def relation(
         self, ds: Dataset, record: SnapshotRecord, *, positions: bool = False
     ) -> tuple[duckdb.DuckDBPyRelation, list[Any]]:
         """A lazy relation over one snapshot, and objects it needs kept alive."""
         table = ds.table
         schema = table.schema(record.schema_id)
+        physical = pa.schema(
+            [pa.field(f.name, REFERENCE_TYPE) if f.name in ds.record_fields else f for f in schema]
+        )
         state = table.state(record)
         root = ds.location
         entries = [e for e in state.files.values() if e.live_rows > 0]
@@ -107,19 +127,14 @@ class Registrar:
         holey = [e for e in entries if e.deletion_file is not None]
         keep: list[Any] = []
         evolved = record.schema_id > 1
-        extra = [_FILENAME, _ROW] if positions else []
         parts = []
         if plain:
             parts.append(
                 self.con.read_parquet(
-                    plain,
-                    filename=positions,
-                    file_row_number=positions,
-                    union_by_name=evolved,
+                    plain, filename=positions, file_row_number=positions, union_by_name=evolved
                 )
             )
         if holey:
-            files = [str(root / e.path) for e in holey]
             names, rows = [], []
             for e in holey:
                 dv = read_deletes(table.store, e)
@@ -133,40 +148,42 @@ class Registrar:
             )
             keep.append(deleted)
             scan = self.con.read_parquet(
-                files, filename=True, file_row_number=True, union_by_name=evolved
+                [str(root / e.path) for e in holey],
+                filename=True,
+                file_row_number=True,
+                union_by_name=evolved,
             )
-            live = scan.join(self.con.from_arrow(deleted), f"{_FILENAME}, {_ROW}", how="anti")
             parts.append(
-                live.project(*[_col(c) for c in scan.columns if c in (*schema.names, *extra)])
+                scan.join(self.con.from_arrow(deleted), f"{_FILENAME}, {_ROW}", how="anti")
             )
         if not parts:
-            empty = pa.schema(
-                [
-                    pa.field(f.name, pa.string() if f.name in ds.record_fields else f.type)
-                    for f in schema
-                ]
-            ).empty_table()
+            empty = physical.empty_table()
             if positions:
-                empty = empty.append_column(FILE_COLUMN, pa.array([], pa.string()))
-                empty = empty.append_column(POSITION_COLUMN, pa.array([], pa.int64()))
+                empty = empty.append_column(_FILENAME, pa.array([], pa.string()))
+                empty = empty.append_column(_ROW, pa.array([], pa.int64()))
             keep.append(empty)
-            return self.con.from_arrow(empty), keep
-        rel = parts[0]
-        for p in parts[1:]:
-            rel = rel.union(p)
-        exprs = []
+            parts.append(self.con.from_arrow(empty))
+        rel = None
+        for part in parts:
+            # every part is projected to the full schema (columns added later read as typed
+            # NULLs), so parts with different files always union
+            exprs = [_col(f.name) if f.name in part.columns else self._null(f) for f in physical]
+            if positions:
+                exprs.append(_col(_FILENAME).alias(FILE_COLUMN))
+                exprs.append(_col(_ROW).alias(POSITION_COLUMN))
+            projected = part.project(*exprs)
+            rel = projected if rel is None else rel.union(projected)
+        assert rel is not None
+        final = []
         for f in schema:
-            if f.name not in rel.columns:
-                exprs.append(duckdb.ConstantExpression(None).alias(f.name))
-            elif f.name in ds.record_fields:
+            if f.name in ds.record_fields:
                 udf = self._record_udf(ds)
-                exprs.append(duckdb.FunctionExpression(udf, _col(f.name)).alias(f.name))
+                final.append(duckdb.FunctionExpression(udf, _col(f.name)).alias(f.name))
             else:
-                exprs.append(_col(f.name))
+                final.append(_col(f.name))
         if positions:
-            exprs.append(_col(_FILENAME).alias(FILE_COLUMN))
-            exprs.append(_col(_ROW).alias(POSITION_COLUMN))
-        return rel.project(*exprs), keep
+            final.extend([_col(FILE_COLUMN), _col(POSITION_COLUMN)])
+        return rel.project(*final), keep
 
     def _record_udf(self, ds: Dataset) -> str:
         """A UDF resolving references of this dataset to record bytes."""

@@ -137,7 +137,9 @@ class Dataset:
                 heads={MAIN_BRANCH: Head("main", 0)},
             )
             (tmp / snapshot_path(0)).write_bytes(record.to_json())
-            info = DatasetInfo(keys, records, group_size=array_record_group_size)
+            info = DatasetInfo(
+                keys, records, group_size=array_record_group_size, uuid=uuid.uuid4().hex
+            )
             (tmp / DATASET_FILE).write_bytes(info.to_json())
             for sub in ("data", "deletes", "refs/tags", "refs/branches"):
                 (tmp / sub).mkdir(parents=True)

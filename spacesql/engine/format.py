@@ -112,11 +112,14 @@ class DatasetInfo:
     record_fields: tuple[str, ...]
     group_size: int = 1
     format_version: int = FORMAT_VERSION
+    #: Unique per created dataset: a table dropped and created again is another dataset.
+    uuid: str = ""
 
     def to_json(self) -> bytes:
         return dumps(
             {
                 "format_version": self.format_version,
+                "uuid": self.uuid,
                 "primary_keys": list(self.primary_keys),
                 "record_fields": list(self.record_fields),
                 "options": {"array_record_group_size": self.group_size},
@@ -136,6 +139,7 @@ class DatasetInfo:
             primary_keys=tuple(obj["primary_keys"]),
             record_fields=tuple(obj["record_fields"]),
             group_size=int(obj.get("options", {}).get("array_record_group_size", 1)),
+            uuid=str(obj.get("uuid", "")),
         )
 
 

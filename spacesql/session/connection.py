@@ -13,7 +13,7 @@ from spacesql.engine import Dataset
 from spacesql.errors import CommitConflictError, SqlError, TableNotFoundError
 from spacesql.sql.host import Params, Relation
 from spacesql.sql.routing import PassThrough, Query, Reject, Write
-from spacesql.sql.statements import decide, split, transaction_effect
+from spacesql.sql.statements import decide, split, table_names, transaction_effect
 from spacesql.sql.translate import (
     FunctionRef,
     TableRef,
@@ -79,7 +79,10 @@ class Connection:
         """Run statements and keep the last one's result for fetchone(), fetchall(), df(),
         arrow() (as DuckDB's connection does)."""
         rel = self.sql(query, params=parameters)
-        self._last = None if rel is None else _to_arrow(rel)
+        try:
+            self._last = None if rel is None else _to_arrow(rel)
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
         self._cursor = 0
         return self
 
@@ -136,8 +139,10 @@ class Connection:
     def _run(self, text: str, params: Params) -> Relation | None:
         self._pinned = set()
         stmt, decision = decide(text, self.catalog.__contains__)
+        self._mentioned = table_names(stmt) if stmt is not None else []
         if isinstance(decision, Reject):
             raise SqlError(decision.message)
+        self._registrar.refresh()
         if isinstance(decision, PassThrough):
             effect = transaction_effect(stmt)
             if effect is not None:
@@ -180,9 +185,11 @@ class Connection:
 
         message = str(exc)
         names = self.catalog.names()
-        for word in message.replace('"', " ").split():
+        for word in getattr(self, "_mentioned", []):
+            if word in names or word not in message:
+                continue
             close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-            if close and word not in names:
+            if close:
                 return (
                     f"No table '{word}' in catalog '{self.catalog.path}'. Did you mean "
                     f"'{close[0]}'?"
@@ -242,4 +249,4 @@ class Connection:
         return registered.name, registered.snapshot_id
 
     def forget(self, name: str) -> None:
-        self._registrar.unregister(name)
+        self._registrar.forget_dataset(name)

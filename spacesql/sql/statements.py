@@ -11,7 +11,7 @@ from spacesql.errors import SqlError
 from spacesql.sql.dialect import SpaceSQL, parse
 from spacesql.sql.routing import Decision, PassThrough, Reject, route
 
-__all__ = ["decide", "split", "transaction_effect"]
+__all__ = ["decide", "split", "table_names", "transaction_effect"]
 
 
 def split(script: str) -> list[str]:
@@ -72,3 +72,16 @@ def transaction_effect(stmt: exp.Expression | None) -> bool | None:
     if isinstance(stmt, (exp.Commit, exp.Rollback)):
         return False
     return None
+
+
+def table_names(stmt: exp.Expression) -> list[str]:
+    """Names of the plain tables a statement mentions.
+
+    >>> table_names(parse("SELECT * FROM a JOIN b.c ON true")[0])
+    ['a']
+    """
+    return [
+        t.name
+        for t in stmt.find_all(exp.Table)
+        if isinstance(t.this, exp.Identifier) and not t.args.get("db")
+    ]

@@ -52,9 +52,32 @@ def execute_write(
 # --- INSERT ---------------------------------------------------------------------------
 
 
+def _with_ctes(stmt: exp.Expression, query: exp.Expression) -> exp.Expression:
+    """Carry a write's leading ``WITH`` over to the query that computes its rows."""
+    ctes = stmt.args.get("with_") or stmt.args.get("with")
+    if ctes is None:
+        return query
+    query = query.copy()
+    assert isinstance(query, exp.Query)
+    for cte in ctes.expressions:
+        query = query.with_(cte.alias, as_=cte.this.copy(), recursive=ctes.args.get("recursive"))
+    return query
+
+
+def _dedupe_keys(data: pa.Table, keys: list[str]) -> pa.Table:
+    """Keep the first row of each key (INSERT OR IGNORE semantics within one statement)."""
+    if not keys or data.num_rows == 0:
+        return data
+    indexed = data.append_column("__spacesql_i", pa.array(range(data.num_rows), pa.int64()))
+    first = indexed.group_by(keys, use_threads=False).aggregate([("__spacesql_i", "min")])
+    return data.take(np.sort(first.column("__spacesql_i_min").to_numpy()))
+
+
 def _insert(con: Connection, stmt: exp.Expression, name: str, params: Params) -> Any:
     stmt = number_placeholders(stmt)
     assert isinstance(stmt, exp.Insert)
+    if stmt.args.get("returning") is not None:
+        raise SqlError("INSERT ... RETURNING is not supported on spacesql tables.")
     ds = con.dataset(name)
     schema = ds.schema
     source = stmt.expression
@@ -69,28 +92,57 @@ def _insert(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
         query = source  # type: ignore[assignment]
     else:
         raise SqlError(f"Unsupported INSERT source into '{name}': {generate(stmt)!r}.")
-    data = con.query_arrow(con.register_read(query), params)
+    data = con.query_arrow(con.register_read(_with_ctes(stmt, query)), params)
+    listed = _listed_columns(stmt)
     data = _map_columns(stmt, data, schema, name)
     runner = ds.local()
+    keys = ds.primary_keys
     conflict = stmt.args.get("conflict")
     alternative = (stmt.args.get("alternative") or "").upper()
+    if (alternative or conflict is not None) and not keys:
+        raise SchemaError(
+            f"Table '{name}' has no primary key, so INSERT OR {alternative or 'ON CONFLICT'} "
+            "has nothing to match; use a plain INSERT."
+        )
+    if isinstance(conflict, exp.OnConflict):
+        _check_conflict_target(conflict, keys, name)
+    if alternative == "REPLACE" and listed is not None and set(listed) != set(schema.names):
+        # DuckDB updates only the listed columns of an existing row
+        sets = [
+            exp.EQ(this=exp.column(c), expression=exp.column(c, table="excluded"))
+            for c in listed
+            if c not in keys
+        ]
+        return _insert_do_update(con, exp.OnConflict(expressions=sets), name, data, params)
     if alternative == "REPLACE":
         result = runner.upsert(data)
     elif alternative == "IGNORE" or (
-        isinstance(conflict, exp.OnConflict)
-        and conflict.args.get("action") is not None
-        and str(conflict.args["action"]).upper().endswith("NOTHING")
+        isinstance(conflict, exp.OnConflict) and not conflict.expressions
     ):
-        result = runner.insert(data, ignore_existing=True)
-    elif isinstance(conflict, exp.OnConflict) and conflict.expressions:
-        return _insert_do_update(con, conflict, name, data, params)
+        result = runner.insert(_dedupe_keys(data, keys), ignore_existing=True)
     elif isinstance(conflict, exp.OnConflict):
-        result = runner.insert(data, ignore_existing=True)
+        return _insert_do_update(con, conflict, name, data, params)
     elif alternative:
         raise SqlError(f"INSERT OR {alternative} is not supported; use OR REPLACE or OR IGNORE.")
     else:
         result = runner.insert(data)
     return _count(con, result.added_rows)
+
+
+def _listed_columns(stmt: exp.Insert) -> list[str] | None:
+    target = stmt.this
+    if isinstance(target, exp.Schema) and target.expressions:
+        return [c.name for c in target.expressions]
+    return None
+
+
+def _check_conflict_target(conflict: exp.OnConflict, keys: list[str], name: str) -> None:
+    target = [c.name for c in conflict.args.get("conflict_keys") or []]
+    if target and set(target) != set(keys):
+        raise SqlError(
+            f"ON CONFLICT ({', '.join(target)}): the conflict target must be the primary key "
+            f"of '{name}' ({', '.join(keys)}); conflicts are detected on the primary key only."
+        )
 
 
 def _map_columns(stmt: exp.Insert, data: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
@@ -132,17 +184,23 @@ def _insert_do_update(
     con.duckdb.register(excluded, data)
     try:
         view, snapshot = con.register_positions(f"__spacesql_pos_{name}", name)
-        sets: dict[str, exp.Expression] = {}
-        for eq in conflict.expressions:
-            if not isinstance(eq, exp.EQ):
-                raise SqlError(f"Unsupported DO UPDATE clause {generate(eq)!r}.")
-            value = eq.expression.copy()
-            for col in value.find_all(exp.Column):
+
+        def requalify(node: exp.Expression) -> exp.Expression:
+            node = node.copy()
+            for col in node.find_all(exp.Column):
                 if col.table.lower() == "excluded":
                     col.set("table", exp.to_identifier(excluded))
-                elif not col.table:
+                elif not col.table or col.table == name:
                     col.set("table", exp.to_identifier("__spacesql_target"))
-            sets[eq.this.name] = value
+            return node
+
+        sets: dict[str, exp.Expression] = {}
+        for eq in conflict.expressions:
+            if not isinstance(eq, exp.EQ) or not isinstance(eq.this, exp.Column):
+                raise SqlError(f"Unsupported DO UPDATE clause {generate(eq)!r}.")
+            if eq.this.name not in schema.names:
+                raise SqlError(f"Table '{name}' has no column {eq.this.name!r} to SET.")
+            sets[eq.this.name] = requalify(eq.expression)
         target = exp.Table(
             this=exp.to_identifier(view, quoted=True),
             alias=exp.TableAlias(this=exp.to_identifier("__spacesql_target")),
@@ -162,7 +220,7 @@ def _insert_do_update(
         query = exp.select(*cols).from_(target).join(exp.to_table(excluded), on=on)
         where = conflict.args.get("where")
         if where is not None:
-            query = query.where(where.this.copy())
+            query = query.where(requalify(where.this))
         updated = conform(con.query_arrow(query, params), schema, dataset=name)
         matched = (
             exp.select(*[exp.column(k, table="__spacesql_target") for k in keys])
@@ -212,7 +270,8 @@ def _delete(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
     view, snapshot = con.register_positions(f"__spacesql_pos_{name}", name)
     numbered = number_placeholders(stmt)
     assert isinstance(numbered, exp.Delete)
-    query = con.register_read(_point_target(delete_rows_query(numbered), view))
+    select = _with_ctes(numbered, _point_target(delete_rows_query(numbered), view))
+    query = con.register_read(select)
     found = con.query_arrow(query, params)
     if found.num_rows == 0:
         return _count(con, 0)
@@ -228,8 +287,8 @@ def _update(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
     view, snapshot = con.register_positions(f"__spacesql_pos_{name}", name)
     numbered = number_placeholders(stmt)
     assert isinstance(numbered, exp.Update)
-    select = update_rows_query(numbered, schema.names)
-    found = con.query_arrow(con.register_read(_point_target(select, view)), params)
+    select = _with_ctes(numbered, _point_target(update_rows_query(numbered, schema.names), view))
+    found = con.query_arrow(con.register_read(select), params)
     if found.num_rows == 0:
         return _count(con, 0)
     pairs = found.select([FILE_COLUMN, POSITION_COLUMN])
@@ -256,12 +315,15 @@ def _properties(stmt: exp.Create) -> dict[str, str]:
     out = {}
     props = stmt.args.get("properties")
     for p in props.expressions if props else []:
-        if isinstance(p, exp.Property):
-            key = p.name.lower() if p.name else str(p.this).lower()
-            value = literal_value(p.args["value"], f"WITH ({key} = ...)")
-            out[key] = str(value)
-        elif not isinstance(p, exp.TemporaryProperty):
-            raise SqlError(f"Unsupported table property {generate(p)!r}.")
+        if isinstance(p, exp.TemporaryProperty):
+            continue
+        if not isinstance(p, exp.Property) or p.args.get("value") is None:
+            # a property sqlglot knows under its own class (FORMAT, LOCATION, COMMENT, ...)
+            key = generate(p).split("=")[0].strip().lower()
+            out[key] = generate(p)
+            continue
+        key = p.name.lower() if p.name else str(p.this).lower()
+        out[key] = str(literal_value(p.args["value"], f"WITH ({key} = ...)"))
     unknown = set(out) - {"primary_key", "record_fields"}
     if unknown:
         raise SqlError(
@@ -332,6 +394,14 @@ def _create(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
     if not isinstance(schema_node, exp.Schema):
         raise SqlError(f"CREATE TABLE {name} needs column definitions or AS SELECT.")
     defs = [e for e in schema_node.expressions if isinstance(e, exp.ColumnDef)]
+    for d in defs:
+        for c in d.args.get("constraints") or []:
+            kind = c.args.get("kind")
+            if not isinstance(kind, (exp.NotNullColumnConstraint, exp.PrimaryKeyColumnConstraint)):
+                raise SqlError(
+                    f"Column {d.name!r}: constraint {generate(c)!r} is not supported on "
+                    "spacesql tables (only PRIMARY KEY and NOT NULL are enforced)."
+                )
     keys = [
         d.name
         for d in defs
@@ -345,6 +415,11 @@ def _create(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
             keys.extend(c.name for c in e.expressions)
         elif not isinstance(e, exp.ColumnDef):
             raise SqlError(f"Unsupported table constraint {generate(e)!r} in CREATE TABLE.")
+    if keys and props.get("primary_key") and _split_names(props["primary_key"]) != keys:
+        raise SqlError(
+            f"CREATE TABLE {name}: PRIMARY KEY ({', '.join(keys)}) and WITH (primary_key = "
+            f"'{props['primary_key']}') disagree; give the key once."
+        )
     if not keys:
         keys = _split_names(props.get("primary_key"))
     schema = pa.schema(_arrow_fields(defs))
@@ -400,7 +475,14 @@ def _drop(con: Connection, stmt: exp.Expression, name: str, params: Params) -> A
 
 def _alter(con: Connection, stmt: exp.Expression, name: str, params: Params) -> Any:
     assert isinstance(stmt, exp.Alter)
-    defs = list(stmt.args.get("actions") or [])
+    existing = set(con.dataset(name).schema.names)
+    defs = [
+        d
+        for d in stmt.args.get("actions") or []
+        if not (d.args.get("exists") and d.name in existing)
+    ]
+    if not defs:
+        return None
     for d in defs:
         for c in d.args.get("constraints") or []:
             raise SqlError(
