@@ -11,6 +11,7 @@ import pyarrow as pa
 from spacesql.catalog import Catalog, Registrar
 from spacesql.engine import Dataset
 from spacesql.errors import CommitConflictError, SqlError, TableNotFoundError
+from spacesql.session.result import Result
 from spacesql.sql.host import Params, Relation
 from spacesql.sql.routing import PassThrough, Query, Reject, Write
 from spacesql.sql.statements import decide, split, table_names, transaction_effect
@@ -162,7 +163,8 @@ class Connection:
 
         for attempt in range(20):
             try:
-                return execute_write(self, stmt, decision, params)
+                written = execute_write(self, stmt, decision, params)
+                return None if written is None else Result(written)
             except CommitConflictError:
                 if attempt == 19:
                     raise
@@ -170,7 +172,8 @@ class Connection:
 
     def _duck(self, text: str, params: Params) -> Relation | None:
         try:
-            return self._con.sql(text, params=params)
+            rel = self._con.sql(text, params=params)
+            return None if rel is None else Result(rel)
         except duckdb.CatalogException as exc:
             raise TableNotFoundError(self._catalog_message(exc)) from exc
         except duckdb.ParserException as exc:
