@@ -136,8 +136,12 @@ class SnapshotLog:
         """Create the record if its id is free: the commit point. False if taken."""
         if not self.store.put_if_absent(snapshot_path(record.snapshot_id), record.to_json()):
             return False
-        if self._hint() < record.snapshot_id:
-            self.store.replace(LATEST_HINT, dumps({"snapshot_id": record.snapshot_id}))
+        # Committed. The hint is only a shortcut: failing to update it must not fail the commit.
+        try:
+            if self._hint() < record.snapshot_id:
+                self.store.replace(LATEST_HINT, dumps({"snapshot_id": record.snapshot_id}))
+        except OSError:
+            pass
         return True
 
     def _unknown_message(self, version: object) -> str:

@@ -78,8 +78,12 @@ class LocalStore:
         except FileExistsError:
             return False
         finally:
-            os.unlink(tmp)
-        self._sync_dir(rel)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        # The file exists: the operation happened. A failed directory sync cannot undo it,
+        # so it must not be reported as a failure.
+        with contextlib.suppress(OSError):
+            self._sync_dir(rel)
         return True
 
     def replace(self, rel: str, data: bytes) -> None:

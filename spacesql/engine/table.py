@@ -28,6 +28,7 @@ from spacesql.engine.format import (
     loads,
     now_ms,
     schema_path,
+    snapshot_path,
 )
 from spacesql.engine.log import SnapshotLog, Version
 from spacesql.engine.manifest import (
@@ -83,6 +84,9 @@ class Table:
         self.log = SnapshotLog(self.store, name=self.name)
         self._schemas: dict[int, pa.Schema] = {}
         self._states: OrderedDict[int, TableState] = OrderedDict()
+        #: The delta manifest of the commit in flight (to tell whether an interrupted
+        #: commit landed).
+        self._pending_changes: str | None = None
 
     # --- schemas -----------------------------------------------------------------------
 
@@ -150,6 +154,16 @@ class Table:
 
     def state(self, record: SnapshotRecord) -> TableState:
         """Live files of a snapshot: nearest checkpoint plus the deltas after it."""
+        try:
+            return self._state(record)
+        except (SnapshotNotFoundError, FormatError):
+            # Snapshot expiry (maybe by another process) gave this snapshot a checkpoint and
+            # removed the ancestors our cached records lead to: re-read from disk once.
+            self.log._read.cache_clear()
+            self._states.clear()
+            return self._state(self.log.read(record.snapshot_id))
+
+    def _state(self, record: SnapshotRecord) -> TableState:
         cached = self._states.get(record.snapshot_id)
         if cached is not None:
             self._states.move_to_end(record.snapshot_id)
@@ -252,7 +266,10 @@ class Table:
             try:
                 record = self._try_commit(plan, latest, head, br, writer)
             except BaseException:
-                self._abandon(writer)
+                # Interrupted (Ctrl-C, I/O error). If our record landed, its files are part of
+                # the dataset now and must stay; otherwise they are garbage.
+                if not self._landed(latest.snapshot_id + 1, writer):
+                    self._abandon(writer)
                 raise
             if record is not None:
                 return record
@@ -262,6 +279,15 @@ class Table:
             f"Dataset '{self.name}': gave up after {max_attempts} attempts to commit while "
             "other writers kept committing; try again later.",
         )
+
+    def _landed(self, snapshot_id: int, writer: DataWriter) -> bool:
+        """Whether the record at ``snapshot_id`` is ours (it references our files)."""
+        try:
+            data = self.store.read_bytes(snapshot_path(snapshot_id))
+        except OSError:
+            return False
+        record = SnapshotRecord.from_json(data, snapshot_path(snapshot_id))
+        return record.changes is not None and record.changes == self._pending_changes
 
     @staticmethod
     def _abandon(writer: DataWriter | None) -> None:
@@ -289,6 +315,7 @@ class Table:
         new_state = base_state.apply(changes)  # type: ignore[arg-type]
         stem = f"{new_id}-{_uid()}"
         changes_rel = f"{MANIFEST_DIR}/{stem}.parquet"
+        self._pending_changes = changes_rel
         self.store.write_new(
             changes_rel, encode_table(entries_to_table(changes, columns, with_action=True))
         )
