@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spacesql.engine.changes import ChangeSet
-from spacesql.engine.dataset import CommitResult, Dataset, LocalRunner
+from spacesql.engine.dataset import CommitResult, Dataset
+from spacesql.engine.runner import LocalRunner
 
 __all__ = ["ChangeSet", "CommitResult", "Dataset", "LocalRunner"]
