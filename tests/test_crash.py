@@ -397,7 +397,7 @@ OPERATIONS: dict[str, Callable[[Dataset], Any]] = {
     "append": lambda ds: ds.local().append(_rows([100, 101], "new")),
     "insert": lambda ds: ds.local().insert(_rows([102], "new")),
     "upsert": lambda ds: ds.local().upsert(_rows([1, 103], "new")),
-    "delete": lambda ds: ds.local().delete(pc.field("id") < 3),
+    "delete": lambda ds: ds.local().delete(pc.field("id") < 2),
     "update": lambda ds: ds.local().update(pc.field("id") == 4, {"val": "new", "blob": b"new" * 4}),
     "compact": lambda ds: ds.compact(),
 }

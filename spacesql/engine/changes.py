@@ -16,7 +16,7 @@ insert; those pairs cancel, so the diff is the net change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,8 +81,13 @@ def diff_states(
     end: TableState,
     *,
     end_id: int,
+    removals: Mapping[str, tuple[int, FileEntry]] | None = None,
 ) -> Iterator[ChangeSet]:
-    """Inserted and deleted rows going from ``start`` to ``end``."""
+    """Inserted and deleted rows going from ``start`` to ``end``.
+
+    ``removals`` maps a file that left the state (all its rows deleted) to the snapshot that
+    removed it and its entry just before, so each of its rows gets the exact deleting snapshot.
+    """
     paths = list(start.files) + [p for p in end.files if p not in start.files]
     inserted: list[tuple[pa.Table, np.ndarray]] = []
     deleted: list[tuple[pa.Table, np.ndarray]] = []
@@ -96,7 +101,7 @@ def diff_states(
             scanner = scanner_end if kind == "insert" or b is not None else scanner_start
             rows = scanner.take_rows(entry, pos)
             if kind == "delete" and b is None:
-                snaps = np.full(len(pos), end_id)
+                snaps = _removal_snapshots(scanner_start, path, pos, removals or {}, end_id)
             (inserted if kind == "insert" else deleted).append((rows, snaps))
     schema = scanner_end.schema
     ins = _concat(inserted, schema)
@@ -109,12 +114,34 @@ def diff_states(
         yield ChangeSet("insert", ins[0], ins[1])
 
 
+def _removal_snapshots(
+    scanner: Scanner,
+    path: str,
+    positions: np.ndarray,
+    removals: Mapping[str, tuple[int, FileEntry]],
+    default: int,
+) -> np.ndarray:
+    """Deleting snapshot of each position of a file that left the state."""
+    found = removals.get(path)
+    if found is None:
+        return np.full(len(positions), default)
+    removed_by, before = found
+    snaps = np.full(len(positions), removed_by)
+    dv = _dv(scanner, before)
+    if len(dv.positions):
+        idx = np.searchsorted(dv.positions, positions)
+        idx = np.minimum(idx, len(dv.positions) - 1)
+        earlier = dv.positions[idx] == positions
+        snaps[earlier] = dv.snapshots[idx[earlier]]
+    return snaps
+
+
 def _concat(
     parts: list[tuple[pa.Table, np.ndarray]], schema: pa.Schema
 ) -> tuple[pa.Table, np.ndarray]:
     if not parts:
         return schema.empty_table(), np.empty(0, dtype=np.int64)
-    tables = [t.cast(schema) if t.schema != schema else t for t, _ in parts]
+    tables = [_align(t, schema) for t, _ in parts]
     return pa.concat_tables(tables), np.concatenate([s for _, s in parts]).astype(np.int64)
 
 
@@ -151,6 +178,24 @@ def _cancel(
     return (a.take(pa.array(keep_i)), ins[1][keep_i]), (b.take(pa.array(keep_d)), dels[1][keep_d])
 
 
+def _align(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows read with an older schema, in the end schema (added columns are null)."""
+    if table.schema == schema:
+        return table
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _numbered(table: pa.Table, names: list[str]) -> pa.Table:
+    # DuckDB cannot read half floats: compare them as floats (same equality)
+    table = pa.Table.from_arrays(
+        [c.cast(pa.float32()) if pa.types.is_float16(c.type) else c for c in table.columns],
+        names=table.column_names,
+    )
     renamed = table.rename_columns(names)
     return renamed.append_column("idx", pa.array(np.arange(table.num_rows, dtype=np.int64)))

@@ -23,6 +23,9 @@ from spacesql.engine.store import LocalStore
 
 __all__ = ["DataWriter", "DeletionVector", "physical_schema"]
 
+#: Dictionary pages above this size fall back to plain encoding.
+DICTIONARY_PAGE_LIMIT = 64 * 1024
+
 _DV_SCHEMA = pa.schema([("pos", pa.int64()), ("snapshot_id", pa.int64())])
 
 
@@ -106,6 +109,9 @@ class DataWriter:
             table.cast(self.physical),
             self.store.abs(rel),
             row_group_size=self.row_group_size,
+            # stop building a dictionary early for high-cardinality columns (ids, floats,
+            # free text): the default limit wastes most of the write time before falling back
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
         )
         for f in [*record_files, rel]:
             self.store.sync_file(f)
@@ -125,7 +131,10 @@ class DataWriter:
         rel = f"{DATA_DIR}/{uuid.uuid4().hex}.parquet"
         self.written.append(rel)
         pq.write_table(
-            table.cast(self.physical), self.store.abs(rel), row_group_size=self.row_group_size
+            table.cast(self.physical),
+            self.store.abs(rel),
+            row_group_size=self.row_group_size,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
         )
         self.store.sync_file(rel)
         return FileEntry(

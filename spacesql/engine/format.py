@@ -12,7 +12,7 @@
       refs/tags/<name>.json                 one file per tag
       refs/branches/<name>.json             one file per branch (main is implicit)
       data/<uuid>.parquet                   index files (columns; record fields as references)
-      data/<uuid>.<field>.array_record      record-field values
+      data/<uuid>.r<i>.array_record         record-field values (i: position in record_fields)
       deletes/<uuid>.parquet                deletion vectors (row positions per data file)
 
 Every path stored in metadata is relative to the dataset root.
@@ -99,9 +99,12 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except ValueError as exc:
         raise FormatError(f"{what} is not valid JSON ({exc}); the file is damaged.") from exc
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} holds JSON that is not an object; the file is damaged.")
+    return obj
 
 
 @dataclass(frozen=True)

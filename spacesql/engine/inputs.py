@@ -93,6 +93,8 @@ def check_keys(table: pa.Table, keys: tuple[str, ...], *, dataset: str) -> None:
                 f"Primary key column {k!r} of dataset '{dataset}' has {nulls} null value(s); "
                 "every row needs a key."
             )
+    if len(keys) == 1 and _strictly_increasing(table.column(keys[0])):
+        return  # sorted distinct keys (ids from a sequence): no hash table needed
     counts = table.select(list(keys)).group_by(list(keys)).aggregate([([], "count_all")])
     if counts.num_rows != table.num_rows:
         dups = counts.filter(pc.field("count_all") > 1).drop(["count_all"]).slice(0, 3)
@@ -100,6 +102,14 @@ def check_keys(table: pa.Table, keys: tuple[str, ...], *, dataset: str) -> None:
             f"Duplicate primary key(s) in the data for dataset '{dataset}', e.g. "
             f"{dups.to_pylist()}; each key may appear once."
         )
+
+
+def _strictly_increasing(column: pa.ChunkedArray) -> bool:
+    t = column.type
+    if not (pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)):
+        return False
+    values = column.combine_chunks().to_numpy(zero_copy_only=False)
+    return bool(len(values) < 2 or (values[1:] > values[:-1]).all())
 
 
 def check_new_schema(

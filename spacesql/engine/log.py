@@ -50,6 +50,21 @@ class Branch:
     start_snapshot: int
 
 
+def is_ref_name(name: object) -> bool:
+    """Whether ``name`` can name a tag or branch (and so a file under ``refs/``).
+
+    >>> is_ref_name("v1"), is_ref_name("../x"), is_ref_name("12")
+    (True, False, False)
+    """
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and all(c.isalnum() or c in "_-." for c in name)
+        and not name.startswith(".")
+        and not name.isdigit()
+    )
+
+
 def check_ref_name(name: object, what: str) -> str:
     """Validate a tag or branch name.
 
@@ -127,8 +142,8 @@ class SnapshotLog:
     def list_ids(self) -> list[int]:
         ids = []
         for name in self.store.list_dir(SNAPSHOT_DIR):
-            stem = name.split(".")[0]
-            if name.endswith(".json") and stem.isdigit():
+            stem, dot, ext = name.partition(".")
+            if dot and ext == "json" and stem.isdigit():
                 ids.append(int(stem))
         return sorted(ids)
 
@@ -173,6 +188,8 @@ class SnapshotLog:
     def branch(self, name: str) -> Branch:
         if name == MAIN_BRANCH:
             return Branch(MAIN_BRANCH, MAIN_UID, 0)
+        if not is_ref_name(name):
+            raise NotFoundError(f"Dataset '{self.name}' has no branch {name!r}.")
         rel = f"{BRANCH_DIR}/{name}.json"
         try:
             obj = loads(self.store.read_bytes(rel), rel)
@@ -236,6 +253,8 @@ class SnapshotLog:
         return out
 
     def tag(self, name: str) -> int | None:
+        if not is_ref_name(name):
+            return None  # never turn arbitrary text into a path
         rel = f"{TAG_DIR}/{name}.json"
         try:
             return int(loads(self.store.read_bytes(rel), rel)["snapshot_id"])

@@ -49,13 +49,22 @@ def _write_rows(writer: DataWriter, data: pa.Table) -> list[FileEntry]:
 
 def _delete_positions(
     writer: DataWriter, entry: FileEntry, positions: np.ndarray
-) -> tuple[FileEntry, int] | None:
-    """A new entry for ``entry`` with ``positions`` deleted; None if nothing new."""
+) -> tuple[FileEntry | None, int] | None:
+    """A new entry for ``entry`` with ``positions`` deleted (None when no row is left: the
+    file leaves the state); None if nothing new is deleted."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and (positions.min() < 0 or positions.max() >= entry.num_rows):
+        raise SchemaError(
+            f"Row positions out of range for {entry.path} ({entry.num_rows} rows); they were "
+            "computed on another snapshot."
+        )
     old = read_deletes(writer.store, entry)
     dv = old.union(positions, PENDING)
     added = len(dv.positions) - len(old.positions)
     if added == 0:
         return None
+    if len(dv.positions) == entry.num_rows:
+        return None, added
     rel = writer.write_deletes(dv)
     return entry.with_deletes(rel, len(dv.positions)), added
 
@@ -98,7 +107,8 @@ def _apply_deletes(
         if result is not None:
             new_entry, n = result
             plan.removes.append(entry)
-            plan.adds.append(new_entry)
+            if new_entry is not None:
+                plan.adds.append(new_entry)
             plan.deleted_rows += n
 
 

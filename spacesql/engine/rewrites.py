@@ -93,6 +93,9 @@ class AddColumns(Operation):
         self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
     ) -> Plan | None:
         schema = table.schema(head.schema_id)
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise SchemaError(f"ADD COLUMN repeats a column name: {names}.")
         for f in self.fields:
             if f.name in schema.names:
                 raise SchemaError(f"Table '{table.name}' already has a column {f.name!r}.")

@@ -178,12 +178,15 @@ class LocalRunner:
         """Rows deleted and inserted going from version ``start`` to ``end``."""
         a, b = self._ds.snapshot(start), self._ds.snapshot(end)
         t = self._table
+        state_a, state_b = t.state(a), t.state(b)
+        gone = {p for p in state_a.files if p not in state_b.files}
         return diff_states(
             self.scanner(a.snapshot_id),
             self.scanner(b.snapshot_id),
-            t.state(a),
-            t.state(b),
+            state_a,
+            state_b,
             end_id=b.snapshot_id,
+            removals=t.removals(a, b, gone) if gone else None,
         )
 
     def changes(self, start: Version, end: Version | None = None) -> pa.Table:

@@ -6,8 +6,9 @@ The commit protocol needs exactly two primitives beyond plain reads and writes:
   filesystem this is ``link(2)`` of a fully written temporary file (atomic, and the content is
   complete before the name appears). On object stores it is a conditional PUT
   (``If-None-Match: *``), supported by S3, GCS and Azure.
-* ``replace``: overwrite a small hint file atomically (``rename(2)`` locally, a plain PUT on
-  object stores). Only used for hints whose staleness is harmless.
+* ``replace``: overwrite a small file atomically (``rename(2)`` locally, a plain PUT on
+  object stores): the newest-snapshot hint (staleness is harmless), and snapshot expiry's
+  tombstones and checkpointed records (maintenance, not part of commits).
 
 Everything else (data files, manifests) is written under fresh unique names and never
 overwritten, so it needs no coordination.

@@ -192,6 +192,26 @@ class Table:
             self._states.popitem(last=False)
         return state
 
+    def removals(
+        self, start: SnapshotRecord, end: SnapshotRecord, paths: set[str]
+    ) -> dict[str, tuple[int, FileEntry]]:
+        """For files live at ``start`` but not at ``end``: the snapshot that removed each and
+        its entry just before, found by walking ``end``'s ancestors back to ``start``."""
+        out: dict[str, tuple[int, FileEntry]] = {}
+        rec: SnapshotRecord | None = end
+        while rec is not None and rec.snapshot_id != start.snapshot_id and len(out) < len(paths):
+            if rec.changes is not None:
+                entries = table_to_entries(self._read_manifest(rec.changes))
+                added = {e.path for a, e in entries if a == "add"}
+                for action, entry in entries:
+                    if action == "remove" and entry.path in paths and entry.path not in added:
+                        out.setdefault(entry.path, (rec.snapshot_id, entry))
+            try:
+                rec = None if rec.parent_id is None else self.log.read(rec.parent_id)
+            except SnapshotNotFoundError:
+                rec = None
+        return out
+
     def _read_manifest(self, rel: str) -> pa.Table:
         try:
             return decode_table(self.store.read_bytes(rel))
