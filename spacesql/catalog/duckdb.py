@@ -95,9 +95,10 @@ class Registrar:
         for view in [v for v in self._views.values() if v.dataset == name]:
             self.unregister(view.name)
 
-    def refresh(self) -> None:
+    def refresh(self) -> set[str]:
         """Move registered head views to their dataset's newest snapshot, so DuckDB views
-        and macros defined over them see other commits too."""
+        and macros defined over them see other commits too. Returns the refreshed names."""
+        fresh = set()
         for view in list(self._views.values()):
             if view.name != view.dataset or view.positions:
                 continue
@@ -105,6 +106,8 @@ class Registrar:
                 self.unregister(view.name)
                 continue
             self.register(view.name, view.dataset)
+            fresh.add(view.name)
+        return fresh
 
     def _null(self, field: pa.Field) -> Any:
         """A NULL of the DuckDB type of an Arrow field."""

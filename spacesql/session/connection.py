@@ -59,6 +59,8 @@ class Connection:
         self._functions = 0
         #: Datasets whose plain view is pinned to a snapshot for the running statement.
         self._pinned: set[str] = set()
+        #: Head views already brought up to date for the running statement.
+        self._fresh: set[str] = set()
         self._in_transaction = False
         self._closed = False
 
@@ -143,7 +145,8 @@ class Connection:
         self._mentioned = table_names(stmt) if stmt is not None else []
         if isinstance(decision, Reject):
             raise SqlError(decision.message)
-        self._registrar.refresh()
+        # every head view is brought up to date once per statement
+        self._fresh = self._registrar.refresh()
         if isinstance(decision, PassThrough):
             effect = transaction_effect(stmt)
             if effect is not None:
@@ -218,8 +221,9 @@ class Connection:
 
     def _view_for(self, ref: TableRef) -> str:
         if ref.version is None:
-            if ref.name in self._pinned:
+            if ref.name in self._pinned or ref.name in self._fresh:
                 return ref.name
+            self._fresh.add(ref.name)
             return self._registrar.register(ref.name, ref.name).name
         _ds, record = self._registrar.resolve(ref.name, ref.version)
         view = f"{ref.name}@{record.snapshot_id}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from sqlglot import TokenType, exp
@@ -21,6 +22,8 @@ def split(script: str) -> list[str]:
     >>> split("SELECT ';'; SELECT 2 -- done;")
     ["SELECT ';';", ' SELECT 2 -- done;']
     """
+    if ";" not in script:
+        return [script] if script.strip() else []
     try:
         tokens = SpaceSQL().tokenize(script)
     except TokenError as exc:
@@ -38,7 +41,9 @@ def decide(text: str, is_dataset: Callable[[str], bool]) -> tuple[exp.Expression
     """Parse one statement and route it. A statement sqlglot cannot parse passes to DuckDB
     only if none of its tokens names a dataset; otherwise it is rejected with the position."""
     try:
-        parsed = parse(text)
+        parsed = _parse_cached(text)
+    except TokenError as exc:
+        return None, Reject(f"Cannot parse SQL: {exc}")
     except ParseError as exc:
         return None, _unparsed(text, exc, is_dataset)
     if not parsed:
@@ -46,6 +51,13 @@ def decide(text: str, is_dataset: Callable[[str], bool]) -> tuple[exp.Expression
     if len(parsed) > 1:
         raise SqlError(f"Expected one statement, found {len(parsed)} in {text!r}.")
     return parsed[0], route(parsed[0], is_dataset)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(text: str) -> list[exp.Expression]:
+    """Statements are parsed once per distinct text (scripts and notebooks repeat them).
+    Callers never modify the trees: rewrites work on copies."""
+    return parse(text)
 
 
 def _unparsed(text: str, exc: ParseError, is_dataset: Callable[[str], bool]) -> Decision:

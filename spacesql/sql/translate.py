@@ -133,6 +133,10 @@ def rewrite_references(
     """Point dataset references with ``AT (...)`` and metadata function calls at registered
     views. Returns the statement and whether it changed (if not, run the original text)."""
     changed = False
+    if not _needs_rewrite(stmt):
+        for table in dataset_tables(stmt, is_dataset):
+            view_for(TableRef(table.name, None))
+        return stmt, False
     stmt = stmt.copy()
     for table in dataset_tables(stmt, is_dataset):
         version = _version(table)
@@ -152,6 +156,17 @@ def rewrite_references(
             _point_at(table, name, alias=func.name.lower())
             changed = True
     return stmt, changed
+
+
+def _needs_rewrite(stmt: exp.Expression) -> bool:
+    """Whether a statement has time travel or metadata functions (else it runs as written)."""
+    for table in stmt.find_all(exp.Table):
+        if table.args.get("when") is not None:
+            return True
+        func = table.this
+        if isinstance(func, exp.Anonymous) and func.name.lower() in METADATA_FUNCTIONS:
+            return True
+    return False
 
 
 def _point_at(table: exp.Table, view: str, *, alias: str | None = None) -> None:
