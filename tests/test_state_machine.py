@@ -24,7 +24,7 @@ The configurations:
 * ``MaintenanceMachine``: the keyed machine plus compaction, snapshot expiry and removal of
   orphan files.
 
-Bugs the machines found are pinned by the strict xfail tests at the end of the file.
+Bugs the machines found are pinned by the regression tests at the end of the file.
 """
 
 from __future__ import annotations
@@ -994,10 +994,10 @@ class MaintenanceMachine(KeyedMachine):
         alive = sorted(self.snaps)
         keep = {*alive[-keep_last:], *self.tags.values(), *self.heads.values()}
         want = sorted(set(alive) - keep)
-        assert self.ds.expire_snapshots(keep_last=keep_last) == want
-        # The spare handle, if any, still has the old records cached; it must read the kept
-        # snapshots right (it is never asked for expired ones, see
-        # test_expired_snapshot_through_another_handle).
+        got = self.ds.expire_snapshots(keep_last=keep_last)
+        # Exactly the newly expired ids, even through a handle whose cached records predate
+        # an earlier expiry (test_expire_through_another_handle_reports_only_new_ids).
+        assert got == want, (got, want)
         for sid in want:
             self.expired.add(sid)
             del self.snaps[sid]
@@ -1030,11 +1030,7 @@ TestMaintenance.settings = settings(max_examples=12, stateful_step_count=20, **C
 # --- bugs found by the machines, as minimal tests --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delete()/update() with a filter on a record field "
-    "leak pyarrow's ArrowInvalid (read_all raises SchemaError)",
-)
+# Regression (was a bug found by these machines, fixed 2026-11-30).
 def test_record_field_filter_in_writes(tmp_path: Any) -> None:
     ds = Dataset.create(tmp_path / "ds", RECORD_SCHEMA, primary_keys=["id"], record_fields=["blob"])
     runner = ds.local()
@@ -1047,11 +1043,7 @@ def test_record_field_filter_in_writes(tmp_path: Any) -> None:
         runner.update(pc.field("blob").is_null(), {"v": 0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="insert(ignore_existing=True) fails with ArrowInvalid "
-    "(list non-key field not supported in join) when a key exists",
-)
+# Regression (was a bug found by these machines, fixed 2026-11-30).
 def test_insert_ignore_existing_with_list_column(tmp_path: Any) -> None:
     schema = pa.schema(
         [
@@ -1086,12 +1078,7 @@ def test_expire_then_read_kept_snapshot_through_another_handle(tmp_path: Any) ->
     assert b.local().read_all(version="keep").to_pylist() == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a handle opened before expiry still serves an expired "
-    "snapshot from its caches; once its files are removed, the read fails with "
-    "a raw FileNotFoundError instead of SnapshotNotFoundError",
-)
+# Regression (was a bug found by these machines, fixed 2026-11-30).
 def test_expired_snapshot_through_another_handle(tmp_path: Any) -> None:
     from spacesql.engine import files
 
@@ -1112,3 +1099,16 @@ def test_expired_snapshot_through_another_handle(tmp_path: Any) -> None:
     files._read_dv.cache_clear()  # as in another process: vectors are cached per process
     with pytest.raises(SnapshotNotFoundError):
         b.local().read_all(version=2)  # FileNotFoundError (without the cache: stale rows)
+
+
+# Regression (was a bug found by these machines, fixed 2026-11-30).
+def test_expire_through_another_handle_reports_only_new_ids(tmp_path: Any) -> None:
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.int64())])
+    a = Dataset.create(tmp_path / "ds", schema, primary_keys=["id"], durable=False)
+    for i in range(3):
+        a.local().upsert(pa.table({"id": [i], "v": [i]}, schema=schema))  # snapshots 1..3
+    b = Dataset.load(tmp_path / "ds", durable=False)
+    assert b.versions().column("snapshot_id").to_pylist() == [0, 1, 2, 3]  # caches records
+    assert a.expire_snapshots(keep_last=1) == [0, 1, 2]
+    assert b.versions().column("snapshot_id").to_pylist() == [3]  # [0, 1, 2, 3]
+    assert b.expire_snapshots(keep_last=1) == []  # [0, 1, 2]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 
 from spacesql.engine.format import (
     BRANCH_DIR,
@@ -88,11 +87,33 @@ class SnapshotLog:
     def __init__(self, store: LocalStore, *, name: str) -> None:
         self.store = store
         self.name = name
-        self._read = lru_cache(maxsize=4096)(self._read_uncached)
+        #: id -> (file size and mtime, record). Records are written once, but snapshot expiry
+        #: (maybe in another process) turns them into tombstones or adds a checkpoint, so a
+        #: cached record is used only while its file is unchanged (one stat per read).
+        self._cache: dict[int, tuple[tuple[int, int], SnapshotRecord]] = {}
 
     # --- snapshots ---------------------------------------------------------------------
 
-    def _read_uncached(self, snapshot_id: int) -> SnapshotRecord:
+    def read(self, snapshot_id: int) -> SnapshotRecord:
+        """The record of a snapshot (cached while its file is unchanged)."""
+        rel = snapshot_path(snapshot_id)
+        try:
+            stamp = self.store.stamp(rel)
+        except FileNotFoundError:
+            raise SnapshotNotFoundError(self._unknown_message(snapshot_id)) from None
+        hit = self._cache.get(snapshot_id)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        record = self._read_file(snapshot_id)
+        if len(self._cache) > 8192:
+            self._cache.clear()
+        self._cache[snapshot_id] = (stamp, record)
+        return record
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _read_file(self, snapshot_id: int) -> SnapshotRecord:
         rel = snapshot_path(snapshot_id)
         try:
             data = self.store.read_bytes(rel)
@@ -111,11 +132,7 @@ class SnapshotLog:
         self.store.replace(
             snapshot_path(snapshot_id), dumps({"snapshot_id": snapshot_id, "expired": True})
         )
-        self._read.cache_clear()
-
-    def read(self, snapshot_id: int) -> SnapshotRecord:
-        """The record of a snapshot (records are immutable, so they are cached)."""
-        return self._read(snapshot_id)
+        self._cache.pop(snapshot_id, None)
 
     def exists(self, snapshot_id: int) -> bool:
         return self.store.exists(snapshot_path(snapshot_id))

@@ -157,8 +157,13 @@ class Insert(Operation):
             hits = _matching_keys(scanner, data.select(keys))
             if hits and self.ignore_existing:
                 existing = pa.concat_tables([scanner.take_rows(e, p).select(keys) for e, p in hits])
-                kept = data.join(existing, keys=keys, join_type="left anti")
-                data = kept.select(data.column_names).cast(data.schema)
+                # join on the keys and a row index only: other columns may be of types
+                # (lists, structs) that hash joins cannot carry
+                index = data.select(keys).append_column(
+                    "__spacesql_i", pa.array(np.arange(data.num_rows, dtype=np.int64))
+                )
+                kept = index.join(existing, keys=keys, join_type="left anti")
+                data = data.take(np.sort(kept.column("__spacesql_i").to_numpy()))
             elif hits:
                 entry, pos = hits[0]
                 existing = scanner.take_rows(entry, pos[:3])

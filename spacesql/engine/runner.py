@@ -22,7 +22,7 @@ from spacesql.engine.operations import (
     Upsert,
     validate_values,
 )
-from spacesql.engine.scan import Scanner, check_filter
+from spacesql.engine.scan import Scanner
 from spacesql.engine.table import Table
 from spacesql.errors import ConstraintError, SchemaError
 
@@ -105,7 +105,7 @@ class LocalRunner:
         self, filter_: pc.Expression, *, expected_snapshot: int | None = None
     ) -> CommitResult:
         """Delete the rows for which ``filter_`` is true (null counts as false)."""
-        expr = check_filter(self._ds.schema, filter_, dataset=self._ds.name)
+        expr = self.scanner().check(filter_)
         if expr is None:
             raise SchemaError("delete() needs a filter; use pc.scalar(True) to delete all rows.")
         return self._commit(Delete(expr), expected_snapshot=expected_snapshot)
@@ -119,7 +119,7 @@ class LocalRunner:
     ) -> CommitResult:
         """Set columns (to a value or an expression of the row) where ``filter_`` is true."""
         schema = self._ds.schema
-        expr = check_filter(schema, filter_, dataset=self._ds.name)
+        expr = self.scanner().check(filter_)
         validate_values(schema, values, dataset=self._ds.name)
         return self._commit(Update(expr, dict(values)), expected_snapshot=expected_snapshot)
 

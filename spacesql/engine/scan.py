@@ -80,6 +80,10 @@ class Scanner:
             )
         return list(fields)
 
+    def check(self, filter_: object) -> pc.Expression | None:
+        """Validate a filter for this snapshot (columns exist, no record fields)."""
+        return self._check(filter_)
+
     def _check(self, filter_: object) -> pc.Expression | None:
         expr = check_filter(self.schema, filter_, dataset=self.dataset)
         if expr is not None and self.record_fields:

@@ -44,6 +44,11 @@ class LocalStore:
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.abs(rel))
 
+    def stamp(self, rel: str) -> tuple[int, int]:
+        """Size and modification time (ns): changes whenever the file is replaced."""
+        st = os.stat(self.abs(rel))
+        return st.st_size, st.st_mtime_ns
+
     def read_bytes(self, rel: str) -> bytes:
         with open(self.abs(rel), "rb") as f:
             return f.read()

@@ -159,7 +159,7 @@ class Table:
         except (SnapshotNotFoundError, FormatError):
             # Snapshot expiry (maybe by another process) gave this snapshot a checkpoint and
             # removed the ancestors our cached records lead to: re-read from disk once.
-            self.log._read.cache_clear()
+            self.log.clear_cache()
             self._states.clear()
             return self._state(self.log.read(record.snapshot_id))
 
