@@ -68,6 +68,9 @@ def conform(table: pa.Table, schema: pa.Schema, *, dataset: str) -> pa.Table:
     columns = []
     for f in schema:
         col = table.column(f.name)
+        if not col.type.equals(f.type) and col.null_count == len(col):
+            # an all-NULL column has whatever type its producer guessed (NULL, INTEGER)
+            col = pa.chunked_array([pa.nulls(len(col), f.type)])
         if not col.type.equals(f.type):
             try:
                 col = col.cast(f.type, safe=True)

@@ -112,6 +112,10 @@ def _create(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
     if not isinstance(schema_node, exp.Schema):
         raise SqlError(f"CREATE TABLE {name} needs column definitions or AS SELECT.")
     defs = [e for e in schema_node.expressions if isinstance(e, exp.ColumnDef)]
+    names = [d.name for d in defs]
+    for n in names:
+        if names.count(n) > 1:
+            raise SqlError(f"CREATE TABLE {name}: column {n!r} is defined twice.")
     for d in defs:
         for c in d.args.get("constraints") or []:
             kind = c.args.get("kind")
