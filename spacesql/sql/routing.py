@@ -56,7 +56,16 @@ PROCEDURES = frozenset(
 )
 
 WriteKind = Literal[
-    "insert", "delete", "update", "create", "create_as", "drop", "alter", "truncate", "call"
+    "insert",
+    "delete",
+    "update",
+    "merge",
+    "create",
+    "create_as",
+    "drop",
+    "alter",
+    "truncate",
+    "call",
 ]
 
 
@@ -165,16 +174,12 @@ def route(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> Decision:
                 "read-only. Write to the table without AT (...), or create a branch with "
                 f"CALL spacesql_branch('{target.name}', 'name', version) and write there."
             )
-        if isinstance(stmt, exp.Merge):
-            return Reject(
-                "MERGE INTO a spacesql table is not supported yet; use INSERT ... ON CONFLICT "
-                "(...) DO UPDATE / DO NOTHING, UPDATE and DELETE instead."
-            )
         kind: WriteKind = {
             exp.Insert: "insert",
             exp.Delete: "delete",
             exp.Update: "update",
             exp.TruncateTable: "truncate",
+            exp.Merge: "merge",
         }[type(stmt)]  # type: ignore[assignment]
         return Write(kind, target.name)
 

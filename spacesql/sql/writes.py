@@ -21,6 +21,7 @@ from spacesql.engine.inputs import conform
 from spacesql.engine.rewrites import RewriteRows
 from spacesql.errors import SchemaError, SqlError
 from spacesql.sql.ddl import DDL_HANDLERS, count_result
+from spacesql.sql.merge import execute_merge
 from spacesql.sql.routing import Write
 from spacesql.sql.translate import (
     delete_rows_query,
@@ -307,5 +308,6 @@ _HANDLERS = {
     "delete": _delete,
     "update": _update,
     "truncate": _truncate,
+    "merge": execute_merge,
     **DDL_HANDLERS,
 }
