@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 from conftest import LABELS, labels
 
-from spacesql import Dataset, SnapshotNotFoundError
+from spacesql import ConstraintError, Dataset, SnapshotNotFoundError
 
 
 def ids(table: pa.Table) -> list[int]:
@@ -242,3 +242,33 @@ def test_manifest_has_stats(make_dataset):
     assert m[0]["num_rows"] == 10 and m[0]["live_rows"] == 7 and m[0]["deleted_rows"] == 3
     assert m[0]["stats"]["id"] == {"min": 0, "max": 9, "null_count": 0}
     assert not m[0]["path"].startswith("/")
+
+
+def test_key_lookup_on_sorted_and_unsorted_files(make_dataset):
+    ds = make_dataset(rows=labels(range(0, 100, 2)))  # sorted keys: binary search path
+    ds.local().append(labels([99, 1, 51, 7]))  # unsorted keys: hash probe path
+    ds.local().delete(pc.field("id").isin([10, 51]))
+    ds.local().upsert(labels([10, 12, 51, 99, 1000], "new"))  # 10 and 51 were deleted
+    rows = {r["id"]: r["label"] for r in ds.local().read_all().to_pylist()}
+    assert len(rows) == 50 - 1 + 4 - 1 + 5 - 2
+    assert all(rows[k] == "new" for k in (10, 12, 51, 99, 1000))
+    assert rows[14] == "car" and rows[7] == "car"
+    with pytest.raises(ConstraintError):
+        ds.local().insert(labels([12]))
+    ds.local().insert(labels([13]))
+
+
+def test_delete_reads_only_filtered_columns(make_dataset, monkeypatch):
+    import pyarrow.parquet as pq
+
+    ds = make_dataset(rows=labels(range(10)))
+    seen = []
+    original = pq.read_table
+
+    def spy(path, *args, **kwargs):
+        seen.append(kwargs.get("columns"))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    assert ds.local().delete(pc.field("score") > 0.75).deleted_rows == 2
+    assert ["score"] in seen

@@ -86,17 +86,39 @@ def _matching_keys(scanner: Scanner, keys: pa.Table) -> list[tuple[FileEntry, np
     out = []
     prune = _key_filter(keys) if keys.num_rows <= 100_000 else None
     for entry in scanner.files(prune):
-        found = scanner.positions(entry, None, names)
-        if found.num_rows == 0:
-            continue
         if len(names) == 1:
-            hit = pc.is_in(found.column(names[0]), value_set=keys.column(names[0]))
-            pos = found.column(POS).filter(hit)
+            pos = _single_key_positions(scanner, entry, names[0], keys.column(names[0]))
         else:
-            pos = found.join(keys, keys=names, join_type="inner").column(POS)
+            found = scanner.positions(entry, None, names)
+            pos = found.join(keys, keys=names, join_type="inner").column(POS).to_numpy()
         if len(pos):
-            out.append((entry, pos.to_numpy().astype(np.int64)))
+            out.append((entry, np.asarray(pos, dtype=np.int64)))
     return out
+
+
+def _single_key_positions(
+    scanner: Scanner, entry: FileEntry, name: str, wanted: pa.ChunkedArray
+) -> np.ndarray:
+    """Live positions of a file whose key is in ``wanted``. Keys of a file are unique, and
+    files written from sequences are sorted: then a binary search replaces the hash probe."""
+    values = scanner.column(entry, name)
+    live = scanner.live_mask(entry)
+    t = values.type
+    if (pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)) and (
+        values.null_count == 0
+    ):
+        arr = values.to_numpy(zero_copy_only=False)
+        if len(arr) < 2 or (arr[1:] > arr[:-1]).all():
+            query = np.unique(wanted.cast(t).to_numpy(zero_copy_only=False))
+            idx = np.searchsorted(arr, query)
+            inside = idx < len(arr)
+            idx, query = idx[inside], query[inside]
+            pos: np.ndarray = idx[arr[idx] == query].astype(np.int64)
+            return pos if live is None else pos[live[pos]]
+    mask = pc.is_in(values, value_set=wanted).to_numpy(zero_copy_only=False).astype(bool)
+    if live is not None:
+        mask &= live
+    return np.flatnonzero(mask).astype(np.int64)
 
 
 def _apply_deletes(
@@ -210,11 +232,12 @@ class Delete(Operation):
     ) -> Plan | None:
         scanner = _scanner(table, head, state)
         plan = Plan(self.name)
+        columns = scanner.referenced_columns(self.filter)
         hits = []
         for entry in scanner.files(self.filter):
-            pos = scanner.positions(entry, self.filter).column(POS)
+            pos = scanner.match_positions(entry, self.filter, columns)
             if len(pos):
-                hits.append((entry, pos.to_numpy().astype(np.int64)))
+                hits.append((entry, pos))
         _apply_deletes(writer, hits, plan)
         return plan
 

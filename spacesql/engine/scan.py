@@ -129,6 +129,47 @@ class Scanner:
             table = table.filter(filter_)
         return table.select([*columns, POS] if positions else columns)
 
+    def referenced_columns(self, filter_: pc.Expression) -> list[str]:
+        """Columns a filter reads (found by binding it without each column in turn)."""
+        base = self.schema.empty_table()
+        used = []
+        for name in self.schema.names:
+            try:
+                base.drop_columns([name]).filter(filter_)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                used.append(name)
+        return used
+
+    def live_mask(self, entry: FileEntry) -> np.ndarray | None:
+        """Which physical rows of a file are live (None: all of them)."""
+        if entry.deletion_file is None:
+            return None
+        return read_deletes(self.store, entry).live_mask(entry.num_rows)
+
+    def column(self, entry: FileEntry, name: str) -> pa.Array:
+        """One physical column of a file, deleted rows included."""
+        path = self.store.abs(entry.path)
+        table = pq.read_table(path, columns=[name], schema=self.physical)
+        return table.column(name).combine_chunks()
+
+    def match_positions(
+        self, entry: FileEntry, filter_: pc.Expression, columns: list[str]
+    ) -> np.ndarray:
+        """Physical positions of the live rows of a file where ``filter_`` is true (null is
+        not true), reading only ``columns`` (those the filter references)."""
+        live = self.live_mask(entry)
+        if columns:
+            path = self.store.abs(entry.path)
+            table = pq.read_table(path, columns=columns, schema=self.physical)
+            values = pads.dataset(table).to_table(columns={"m": filter_}).column("m")
+            mask = pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool)
+        else:  # a constant filter
+            constant = pa.table({"x": [0]}).filter(filter_).num_rows == 1
+            mask = np.full(entry.num_rows, constant)
+        if live is not None:
+            mask &= live
+        return np.flatnonzero(mask).astype(np.int64)
+
     def _resolve_records(self, table: pa.Table, reader: RecordReader) -> pa.Table:
         for name in self.record_fields:
             if name in table.column_names:
