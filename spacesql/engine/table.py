@@ -331,8 +331,14 @@ class Table:
         columns = stats_columns(schema, self.info.record_fields)
         adds = [e.stamped(new_id) for e in plan.adds]
         changes = [("remove", e) for e in plan.removes] + [("add", e) for e in adds]
-        base_state = self.state(head)
-        new_state = base_state.apply(changes)  # type: ignore[arg-type]
+        added_paths = {e.path for e in adds}
+        removed_paths = {e.path for e in plan.removes}
+        # The head's state is only needed for a checkpoint (or if already in memory): a plain
+        # append by a fresh handle reads no manifest at all.
+        depth = head.depth + 1
+        new_state: TableState | None = None
+        if depth >= CHECKPOINT_INTERVAL or head.snapshot_id in self._states:
+            new_state = self.state(head).apply(changes)  # type: ignore[arg-type]
         stem = f"{new_id}-{_uid()}"
         changes_rel = f"{MANIFEST_DIR}/{stem}.parquet"
         self._pending_changes = changes_rel
@@ -341,8 +347,8 @@ class Table:
         )
         written = [changes_rel]
         checkpoint_rel = None
-        depth = head.depth + 1
         if depth >= CHECKPOINT_INTERVAL:
+            assert new_state is not None
             checkpoint_rel = f"{CHECKPOINT_DIR}/{stem}.parquet"
             self.store.write_new(
                 checkpoint_rel,
@@ -364,10 +370,12 @@ class Table:
             summary=Summary(
                 added_rows=plan.added_rows,
                 deleted_rows=plan.deleted_rows,
-                added_files=sum(1 for e in plan.adds if e.path not in base_state.files),
-                removed_files=sum(1 for e in plan.removes if e.path not in new_state.files),
-                total_rows=new_state.num_rows,
-                total_files=len(new_state.files),
+                added_files=len(added_paths - removed_paths),
+                removed_files=len(removed_paths - added_paths),
+                total_rows=head.summary.total_rows + plan.added_rows - plan.deleted_rows,
+                total_files=head.summary.total_files
+                + len(added_paths - removed_paths)
+                - len(removed_paths - added_paths),
             ),
             changes=changes_rel,
             checkpoint=checkpoint_rel,
@@ -376,7 +384,8 @@ class Table:
             properties=dict(plan.properties),
         )
         if self.log.try_commit(record):
-            self._states[new_id] = new_state
+            if new_state is not None:
+                self._states[new_id] = new_state
             writer.written.clear()
             return record
         for rel in written:
