@@ -139,6 +139,8 @@ class Operation:
     """Base of write operations."""
 
     name = "operation"
+    #: Whether planning reads the head's files (state); appends do not.
+    needs_state = True
 
     def plan(
         self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
@@ -152,6 +154,7 @@ class Append(Operation):
 
     data: pa.Table
     name = "append"
+    needs_state = False
 
     def plan(
         self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter

@@ -46,7 +46,10 @@ class LocalRunner:
 
     def _commit(self, op: Operation, *, expected_snapshot: int | None = None) -> CommitResult:
         record = self._table.commit(
-            op.plan, branch=self._ds.current_branch, expected_snapshot=expected_snapshot
+            op.plan,
+            branch=self._ds.current_branch,
+            expected_snapshot=expected_snapshot,
+            needs_state=op.needs_state,
         )
         if record is None:
             return CommitResult(None, op.name)

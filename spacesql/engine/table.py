@@ -231,6 +231,7 @@ class Table:
         expected_snapshot: int | None = None,
         replan: bool = True,
         max_attempts: int = 100,
+        needs_state: bool = True,
     ) -> SnapshotRecord | None:
         """Plan and commit one operation with optimistic concurrency.
 
@@ -242,6 +243,8 @@ class Table:
                 operation is then applied to the new head, as if issued after it). When
                 False, a moved head is a CommitConflictError.
             max_attempts: Give up with CommitConflictError after this many lost races.
+            needs_state: Whether the planner looks at the head's files (an append does not,
+                so it commits without reading any manifest).
 
         Returns:
             The new snapshot record, or None if the operation changed nothing.
@@ -274,7 +277,8 @@ class Table:
                 self._abandon(writer)
                 writer = self.writer(self.schema(head.schema_id))
                 try:
-                    plan = planner(self, head, self.state(head), writer)
+                    state = self.state(head) if needs_state else _UNREAD
+                    plan = planner(self, head, state, writer)
                 except BaseException:
                     self._abandon(writer)
                     raise
@@ -391,6 +395,10 @@ class Table:
         for rel in written:
             self.store.delete(rel)
         return None
+
+
+#: Given to planners that declared they do not need the head's state.
+_UNREAD = TableState({})
 
 
 def _uid() -> str:
