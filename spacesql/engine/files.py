@@ -17,7 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spacesql.engine.format import DATA_DIR, DELETE_DIR
-from spacesql.engine.manifest import PENDING, FileEntry, compute_stats, stats_columns
+from spacesql.engine.manifest import (
+    PENDING,
+    ColumnStats,
+    FileEntry,
+    compute_stats,
+    stats_columns,
+)
 from spacesql.engine.records import REFERENCE_TYPE, write_records
 from spacesql.engine.store import LocalStore
 
@@ -103,6 +109,23 @@ class DataWriter:
             self.written.append(rel)
             record_files.append(rel)
             table = table.set_column(table.schema.get_field_index(name), name, refs)
+        return self._write_index(table, stem, record_files=tuple(record_files), stats=stats)
+
+    def write_physical(
+        self, table: pa.Table, *, record_files: tuple[str, ...], stats_source: pa.Table
+    ) -> FileEntry:
+        """Write an index file whose record fields already hold references (compaction)."""
+        stats = compute_stats(stats_source, self.stat_columns)
+        return self._write_index(table, uuid.uuid4().hex, record_files=record_files, stats=stats)
+
+    def _write_index(
+        self,
+        table: pa.Table,
+        stem: str,
+        *,
+        record_files: tuple[str, ...],
+        stats: dict[str, ColumnStats],
+    ) -> FileEntry:
         rel = f"{DATA_DIR}/{stem}.parquet"
         self.written.append(rel)
         pq.write_table(
@@ -120,30 +143,8 @@ class DataWriter:
             num_rows=table.num_rows,
             size_bytes=os.path.getsize(self.store.abs(rel)),
             added_snapshot=PENDING,
-            record_files=tuple(record_files),
-            stats=stats,
-        )
-
-    def write_physical(
-        self, table: pa.Table, *, record_files: tuple[str, ...], stats_source: pa.Table
-    ) -> FileEntry:
-        """Write an index file whose record fields already hold references (compaction)."""
-        rel = f"{DATA_DIR}/{uuid.uuid4().hex}.parquet"
-        self.written.append(rel)
-        pq.write_table(
-            table.cast(self.physical),
-            self.store.abs(rel),
-            row_group_size=self.row_group_size,
-            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
-        )
-        self.store.sync_file(rel)
-        return FileEntry(
-            path=rel,
-            num_rows=table.num_rows,
-            size_bytes=os.path.getsize(self.store.abs(rel)),
-            added_snapshot=PENDING,
             record_files=record_files,
-            stats=compute_stats(stats_source, self.stat_columns),
+            stats=stats,
         )
 
     def write_deletes(self, dv: DeletionVector) -> str:

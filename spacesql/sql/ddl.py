@@ -97,17 +97,26 @@ def _plain_types(f: pa.Field) -> pa.Field:
     return f
 
 
+def _already_there(con: Connection, stmt: exp.Create, name: str) -> bool:
+    """True if CREATE ... IF NOT EXISTS finds the table (nothing to do); an error if the
+    table exists and the statement neither skips nor replaces it."""
+    if name not in con.catalog:
+        return False
+    if stmt.args.get("exists"):
+        return True
+    if not stmt.args.get("replace"):
+        raise SchemaError(
+            f"Table '{name}' already exists; use CREATE TABLE IF NOT EXISTS, "
+            "CREATE OR REPLACE TABLE or DROP TABLE first."
+        )
+    return False
+
+
 def _create(con: Connection, stmt: exp.Expression, name: str, params: Params) -> Any:
     assert isinstance(stmt, exp.Create)
     props = _properties(stmt)
-    if name in con.catalog:
-        if stmt.args.get("exists"):
-            return None
-        if not stmt.args.get("replace"):
-            raise SchemaError(
-                f"Table '{name}' already exists; use CREATE TABLE IF NOT EXISTS "
-                "or DROP TABLE first."
-            )
+    if _already_there(con, stmt, name):
+        return None
     schema_node = stmt.this
     if not isinstance(schema_node, exp.Schema):
         raise SqlError(f"CREATE TABLE {name} needs column definitions or AS SELECT.")
@@ -156,13 +165,8 @@ def _create(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
 def _create_as(con: Connection, stmt: exp.Expression, name: str, params: Params) -> Any:
     assert isinstance(stmt, exp.Create)
     props = _properties(stmt)
-    if name in con.catalog:
-        if stmt.args.get("exists"):
-            return None
-        if not stmt.args.get("replace"):
-            raise SchemaError(
-                f"Table '{name}' already exists; use CREATE OR REPLACE TABLE or DROP TABLE first."
-            )
+    if _already_there(con, stmt, name):
+        return None
     query = number_placeholders(stmt).expression
     data = con.query_arrow(con.register_read(query), params)
     schema = pa.schema([_plain_types(f) for f in data.schema])
