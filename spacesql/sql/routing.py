@@ -29,6 +29,7 @@ __all__ = [
     "Write",
     "dataset_tables",
     "route",
+    "table_refs",
 ]
 
 #: Table functions over catalog metadata.
@@ -119,20 +120,36 @@ def dataset_tables(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> l
     ...                                 lambda n: n == "a")]
     ['a']
     """
+    return [t for t in table_refs(stmt)[0] if is_dataset(t.name)]
+
+
+def table_refs(stmt: exp.Expression) -> tuple[list[exp.Table], list[str]]:
+    """Plain table references (CTE names excluded) and metadata function calls of a
+    statement: one walk of the tree, remembered for that tree object (parsed trees are cached
+    by text and never modified, so repeated statements skip the walk)."""
+    hit = _TABLES.get(id(stmt))
+    if hit is not None and hit[0] is stmt:
+        return hit[1]
     ctes = _cte_names(stmt)
-    return [
-        t
-        for t in stmt.find_all(exp.Table)
-        if _is_plain(t) and t.name not in ctes and is_dataset(t.name)
-    ]
+    plain, functions = [], []
+    for t in stmt.find_all(exp.Table):
+        if _is_plain(t) and t.name not in ctes:
+            plain.append(t)
+        elif isinstance(t.this, exp.Anonymous) and t.this.name.lower() in METADATA_FUNCTIONS:
+            functions.append(t.this.name.lower())
+    if len(_TABLES) > 1024:
+        _TABLES.clear()
+    # keyed by identity (trees compare equal by content, and a copy has its own nodes); the
+    # tree is kept alive with its entry so an id is never reused while cached
+    _TABLES[id(stmt)] = (stmt, (plain, functions))
+    return plain, functions
+
+
+_TABLES: dict[int, tuple[exp.Expression, tuple[list[exp.Table], list[str]]]] = {}
 
 
 def _functions(stmt: exp.Expression) -> list[str]:
-    names = []
-    for t in stmt.find_all(exp.Table):
-        if isinstance(t.this, exp.Anonymous) and t.this.name.lower() in METADATA_FUNCTIONS:
-            names.append(t.this.name.lower())
-    return names
+    return table_refs(stmt)[1]
 
 
 def _target(node: exp.Expression | None) -> exp.Table | None:

@@ -15,7 +15,7 @@ from sqlglot.errors import ErrorLevel
 from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
 from spacesql.errors import SqlError
 from spacesql.sql.dialect import SpaceSQL
-from spacesql.sql.routing import METADATA_FUNCTIONS, dataset_tables
+from spacesql.sql.routing import METADATA_FUNCTIONS, dataset_tables, table_refs
 
 __all__ = [
     "FILE",
@@ -160,13 +160,8 @@ def rewrite_references(
 
 def _needs_rewrite(stmt: exp.Expression) -> bool:
     """Whether a statement has time travel or metadata functions (else it runs as written)."""
-    for table in stmt.find_all(exp.Table):
-        if table.args.get("when") is not None:
-            return True
-        func = table.this
-        if isinstance(func, exp.Anonymous) and func.name.lower() in METADATA_FUNCTIONS:
-            return True
-    return False
+    plain, functions = table_refs(stmt)
+    return bool(functions) or any(t.args.get("when") is not None for t in plain)
 
 
 def _point_at(table: exp.Table, view: str, *, alias: str | None = None) -> None:
