@@ -113,7 +113,9 @@ class RandomAccess:
         out_cols: dict[str, list[Any]] = {}
         order = np.argsort(file_of, kind="stable")
         pieces: dict[str, list[pa.Array]] = defaultdict(list)
-        record_values: dict[str, list[Any]] = {f: [None] * len(idx) for f in self._records}
+        # per record field: values in read order, and the output row of each
+        record_values: dict[str, list[Any]] = {f: [] for f in self._records}
+        record_rows: dict[str, list[np.ndarray]] = {f: [] for f in self._records}
         for k in np.unique(file_of):
             sel = order[file_of[order] == k]
             phys = self._physical(int(k), idx[sel] - self._starts[k])
@@ -126,16 +128,20 @@ class RandomAccess:
                 c, r = codes[phys], rows[phys]
                 for code in np.unique(c[c >= 0]):
                     hit = np.flatnonzero(c == code)
-                    values = self._reader.read_positions(files[int(code)], r[hit].tolist())
-                    dest = record_values[f]
-                    for j, v in zip(sel[hit].tolist(), values, strict=True):
-                        dest[j] = v
+                    record_values[f].extend(
+                        self._reader.read_positions(files[int(code)], r[hit].tolist())
+                    )
+                    record_rows[f].append(sel[hit])
         inverse = np.empty(len(idx), dtype=np.int64)
         inverse[order] = np.arange(len(idx))
         for f in self.fields:
             typ = schema.field(f).type
             if f in self._records:
-                out_cols[f] = pa.array(record_values[f], type=typ)
+                values = pa.array(record_values[f], type=typ)
+                rows_of = np.concatenate(record_rows[f]) if record_rows[f] else np.empty(0, int)
+                source = np.full(len(idx), -1, dtype=np.int64)  # -1: null reference
+                source[rows_of] = np.arange(len(rows_of))
+                out_cols[f] = values.take(pa.array(source, mask=source < 0))
             else:
                 arr = pa.concat_arrays(pieces[f]) if pieces[f] else pa.array([], type=typ)
                 out_cols[f] = arr.take(pa.array(inverse)).cast(typ)
