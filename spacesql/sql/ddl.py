@@ -243,6 +243,9 @@ def _call(con: Connection, stmt: exp.Expression, name: str, params: Params) -> A
     elif name == "spacesql_branch":
         ds.add_branch(str(args[1]), args[2] if len(args) > 2 else None)
         message = f"created branch {args[1]}"
+    elif name == "spacesql_use_branch":
+        ds.set_current_branch(str(args[1]))
+        message = f"{args[0]} reads and writes branch {args[1]} in this connection"
     elif name == "spacesql_drop_branch":
         ds.remove_branch(str(args[1]))
         message = f"removed branch {args[1]}"
@@ -269,6 +272,7 @@ _PROCEDURE_USAGE: dict[str, tuple[str, int, int]] = {
     "spacesql_untag": ("spacesql_untag('table', 'tag')", 2, 2),
     "spacesql_branch": ("spacesql_branch('table', 'branch' [, version])", 2, 3),
     "spacesql_drop_branch": ("spacesql_drop_branch('table', 'branch')", 2, 2),
+    "spacesql_use_branch": ("spacesql_use_branch('table', 'branch')", 2, 2),
     "spacesql_compact": ("spacesql_compact('table')", 1, 1),
     "spacesql_expire_snapshots": ("spacesql_expire_snapshots('table' [, keep_last])", 1, 2),
     "spacesql_remove_orphan_files": (

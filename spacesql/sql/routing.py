@@ -50,6 +50,7 @@ PROCEDURES = frozenset(
         "spacesql_untag",
         "spacesql_branch",
         "spacesql_drop_branch",
+        "spacesql_use_branch",
         "spacesql_compact",
         "spacesql_expire_snapshots",
         "spacesql_remove_orphan_files",
@@ -188,8 +189,9 @@ def route(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> Decision:
         if target.args.get("when") is not None:
             return Reject(
                 f"Cannot write to '{target.name}' at a past version: historic snapshots are "
-                "read-only. Write to the table without AT (...), or create a branch with "
-                f"CALL spacesql_branch('{target.name}', 'name', version) and write there."
+                "read-only. Write to the table without AT (...), or branch from that version "
+                f"with CALL spacesql_branch('{target.name}', 'name', version) and write there "
+                f"after CALL spacesql_use_branch('{target.name}', 'name')."
             )
         kind: WriteKind = {
             exp.Insert: "insert",
