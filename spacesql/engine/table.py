@@ -108,7 +108,11 @@ class Table:
 
     def writer(self, schema: pa.Schema) -> DataWriter:
         return DataWriter(
-            self.store, schema, self.info.record_fields, group_size=self.info.group_size
+            self.store,
+            schema,
+            self.info.record_fields,
+            group_size=self.info.group_size,
+            primary_keys=self.info.primary_keys,
         )
 
     # --- versions ----------------------------------------------------------------------
