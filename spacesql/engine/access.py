@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spacesql.engine.files import read_deletes
-from spacesql.engine.records import RecordReader
+from spacesql.engine.records import RecordReader, place
 from spacesql.engine.scan import Scanner
 
 __all__ = ["RandomAccess"]
@@ -137,11 +137,8 @@ class RandomAccess:
         for f in self.fields:
             typ = schema.field(f).type
             if f in self._records:
-                values = pa.array(record_values[f], type=typ)
                 rows_of = np.concatenate(record_rows[f]) if record_rows[f] else np.empty(0, int)
-                source = np.full(len(idx), -1, dtype=np.int64)  # -1: null reference
-                source[rows_of] = np.arange(len(rows_of))
-                out_cols[f] = values.take(pa.array(source, mask=source < 0))
+                out_cols[f] = place(record_values[f], rows_of, len(idx), typ)
             else:
                 arr = pa.concat_arrays(pieces[f]) if pieces[f] else pa.array([], type=typ)
                 out_cols[f] = arr.take(pa.array(inverse)).cast(typ)

@@ -56,6 +56,27 @@ def write_records(root: str, rel_path: str, values: pa.Array, *, group_size: int
     return pa.StructArray.from_arrays([file_arr, row_arr], fields=list(REFERENCE_TYPE), mask=mask)
 
 
+def bytes_array(values: list[bytes], out_type: pa.DataType) -> pa.Array:
+    """An Arrow binary array from Python bytes: one join and an offsets array, several
+    times faster than ``pa.array`` for large values (images, audio)."""
+    large = pa.types.is_large_binary(out_type)
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if not large and offsets[-1] >= 2**31:
+        return pa.array(values, type=out_type)  # too big for 32-bit offsets: let Arrow cope
+    offsets_buf = pa.py_buffer(offsets if large else offsets.astype(np.int32))
+    data = pa.py_buffer(b"".join(values))
+    return pa.Array.from_buffers(out_type, len(values), [None, offsets_buf, data])
+
+
+def place(values: list[bytes], rows: np.ndarray, n: int, out_type: pa.DataType) -> pa.Array:
+    """An array of ``n`` values where ``values[i]`` goes to row ``rows[i]``; other rows null."""
+    source = np.full(n, -1, dtype=np.int64)
+    source[rows] = np.arange(len(rows))
+    return bytes_array(values, out_type).take(pa.array(source, mask=source < 0))
+
+
 class RecordReader:
     """Reads records through references, keeping ArrayRecord readers open."""
 
@@ -85,17 +106,16 @@ class RecordReader:
         files = refs.field("file")
         rows = refs.field("row").to_numpy(zero_copy_only=False)
         valid = refs.is_valid().to_numpy(zero_copy_only=False)
-        out: list[bytes | None] = [None] * len(refs)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, f in enumerate(files.to_pylist()):
             if valid[i]:
                 groups[f].append(i)
+        values: list[bytes] = []
+        order: list[int] = []
         for f, idx in groups.items():
-            positions = [int(x) for x in np.asarray(rows)[idx]]
-            values = self._reader(f).read(positions)
-            for i, v in zip(idx, values, strict=True):
-                out[i] = v
-        return pa.array(out, type=out_type)
+            values.extend(self._reader(f).read([int(x) for x in np.asarray(rows)[idx]]))
+            order.extend(idx)
+        return place(values, np.asarray(order, dtype=np.int64), len(refs), out_type)
 
     def read_positions(self, rel: str, positions: list[int]) -> list[bytes]:
         return list(self._reader(rel).read(positions))
