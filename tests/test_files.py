@@ -212,3 +212,15 @@ def test_compaction_drops_fully_deleted_files(make_dataset):
     ds.compact()
     assert ds.manifest().column("live_rows").to_pylist() == [3]
     assert ds.manifest().column("num_rows").to_pylist() == [3]
+
+
+def test_large_binary_record_field_with_nulls_and_empty_values(make_dataset):
+    schema = pa.schema([("id", pa.int64()), ("audio", pa.large_binary())])
+    values = [b"", None, b"x" * 5000, None, b"abc"]
+    ds = make_dataset(
+        schema, pa.table({"id": range(5), "audio": values}, schema=schema), record_fields=["audio"]
+    )
+    assert ds.local().read_all().sort_by("id").column("audio").to_pylist() == values
+    got = ds.local().take([4, 1, 2, 0], fields=["audio"]).column("audio")
+    assert got.type == pa.large_binary()
+    assert got.to_pylist() == [b"abc", None, b"x" * 5000, b""]

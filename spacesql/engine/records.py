@@ -56,25 +56,30 @@ def write_records(root: str, rel_path: str, values: pa.Array, *, group_size: int
     return pa.StructArray.from_arrays([file_arr, row_arr], fields=list(REFERENCE_TYPE), mask=mask)
 
 
-def bytes_array(values: list[bytes], out_type: pa.DataType) -> pa.Array:
-    """An Arrow binary array from Python bytes: one join and an offsets array, several
-    times faster than ``pa.array`` for large values (images, audio)."""
-    large = pa.types.is_large_binary(out_type)
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if not large and offsets[-1] >= 2**31:
-        return pa.array(values, type=out_type)  # too big for 32-bit offsets: let Arrow cope
-    offsets_buf = pa.py_buffer(offsets if large else offsets.astype(np.int32))
-    data = pa.py_buffer(b"".join(values))
-    return pa.Array.from_buffers(out_type, len(values), [None, offsets_buf, data])
-
-
 def place(values: list[bytes], rows: np.ndarray, n: int, out_type: pa.DataType) -> pa.Array:
-    """An array of ``n`` values where ``values[i]`` goes to row ``rows[i]``; other rows null."""
+    """An array of ``n`` values where ``values[i]`` goes to row ``rows[i]``; other rows null.
+
+    Built from one joined buffer and an offsets array: the bytes are copied once, several
+    times faster than ``pa.array`` for large values (images, audio).
+    """
     source = np.full(n, -1, dtype=np.int64)
     source[rows] = np.arange(len(rows))
-    return bytes_array(values, out_type).take(pa.array(source, mask=source < 0))
+    valid = source >= 0
+    ordered = [values[i] for i in source[valid].tolist()]
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[valid] = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    large = pa.types.is_large_binary(out_type)
+    if not large and offsets[-1] >= 2**31:  # too big for 32-bit offsets: let Arrow cope
+        return pa.array([values[i] if i >= 0 else None for i in source.tolist()], out_type)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    buffers = [
+        validity,
+        pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+        pa.py_buffer(b"".join(ordered)),
+    ]
+    return pa.Array.from_buffers(out_type, n, buffers)
 
 
 class RecordReader:
