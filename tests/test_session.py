@@ -104,3 +104,20 @@ def test_connect_does_not_read_history(tmp_path, monkeypatch):
     c = spacesql.connect(tmp_path / "cat")
     assert c.tables() == ["a"]
     c.close()
+
+
+def test_table_dropped_and_recreated_by_another_process(con, tmp_path):
+    assert con.sql("SELECT count(*) FROM t").fetchall() == [(10,)]
+    script = textwrap.dedent(
+        f"""
+        import spacesql
+        with spacesql.connect({str(tmp_path / "cat")!r}) as c:
+            c.sql("DROP TABLE t")
+            c.sql("CREATE TABLE t (id VARCHAR PRIMARY KEY, extra INT)")
+            c.sql("INSERT INTO t VALUES ('a', 1)")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert con.sql("SELECT * FROM t").fetchall() == [("a", 1)]
+    assert con.dataset("t").primary_keys == ["id"]
+    assert con.dataset("t").schema.field("id").type == pa.string()

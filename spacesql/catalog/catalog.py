@@ -41,7 +41,7 @@ class Catalog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._open: dict[str, Dataset] = {}
+        self._open: dict[str, tuple[tuple[int, int, int], Dataset]] = {}
 
     def names(self) -> list[str]:
         """Names of the datasets, sorted (one directory listing, no dataset is opened)."""
@@ -57,14 +57,18 @@ class Catalog:
         return isinstance(name, str) and (self.path / name / DATASET_FILE).exists()
 
     def dataset(self, name: str) -> Dataset:
-        """The dataset called ``name`` (kept open for the catalog's lifetime)."""
-        ds = self._open.get(name)
-        if ds is not None and (ds.location / DATASET_FILE).exists():
-            return ds
-        if name not in self:
-            raise TableNotFoundError(self._not_found(name))
+        """The dataset called ``name``, kept open while its identity file is unchanged (a
+        table dropped and created again, maybe by another process, is opened afresh)."""
+        try:
+            stamp = _stamp(self.path / name / DATASET_FILE)
+        except FileNotFoundError:
+            self._open.pop(name, None)
+            raise TableNotFoundError(self._not_found(name)) from None
+        cached = self._open.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         ds = Dataset.load(self.path / name)
-        self._open[name] = ds
+        self._open[name] = (stamp, ds)
         return ds
 
     def _not_found(self, name: str) -> str:
@@ -89,7 +93,7 @@ class Catalog:
         ds = Dataset.create(
             self.path / name, schema, primary_keys=primary_keys, record_fields=record_fields
         )
-        self._open[name] = ds
+        self._open[name] = (_stamp(ds.location / DATASET_FILE), ds)
         return ds
 
     def drop(self, name: str) -> None:
@@ -100,3 +104,8 @@ class Catalog:
         os.rename(self.path / name, trash)
         self._open.pop(name, None)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
