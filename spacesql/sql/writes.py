@@ -255,10 +255,6 @@ def _point_target(select: exp.Select, view: str) -> exp.Select:
     return select
 
 
-def _from_key(select: exp.Select) -> str:
-    return "from_" if "from_" in select.args else "from"
-
-
 def _delete(con: Connection, stmt: exp.Expression, name: str, params: Params) -> Any:
     assert isinstance(stmt, exp.Delete)
     ds = con.dataset(name)
