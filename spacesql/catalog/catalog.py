@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +16,21 @@ from spacesql.engine import Dataset
 from spacesql.engine.format import DATASET_FILE
 from spacesql.errors import SchemaError, TableNotFoundError
 
-__all__ = ["Catalog"]
+__all__ = ["HIDDEN_PREFIX", "VIEW_FILE", "Catalog", "is_hidden"]
+
+#: A materialized view's definition, inside its dataset directory (written once).
+VIEW_FILE = "metadata/view.json"
+#: Columns holding a materialized view's own state; never shown by the SQL views.
+HIDDEN_PREFIX = "__spacesql_"
+
+
+def is_hidden(column: str) -> bool:
+    """Whether a column is internal state of a materialized view.
+
+    >>> is_hidden("__spacesql_n"), is_hidden("label")
+    (True, False)
+    """
+    return column.startswith(HIDDEN_PREFIX)
 
 
 def check_name(name: str) -> str:
@@ -42,6 +57,7 @@ class Catalog:
         self.path = Path(path).absolute()
         self.path.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, tuple[tuple[int, int, int], Dataset]] = {}
+        self._views: dict[str, tuple[str, dict[str, object] | None]] = {}
 
     def names(self) -> list[str]:
         """Names of the datasets, sorted (one directory listing, no dataset is opened)."""
@@ -71,6 +87,24 @@ class Catalog:
         self._open[name] = (stamp, ds)
         return ds
 
+    def view_definition(self, name: str) -> dict[str, object] | None:
+        """The definition of materialized view ``name``, or None for a plain table."""
+        ds = self.dataset(name)
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == ds.table.info.uuid:
+            return cached[1]
+        try:
+            raw = ds.table.store.read_bytes(VIEW_FILE)
+        except FileNotFoundError:
+            definition = None
+        else:
+            definition = json.loads(raw)
+        self._views[name] = (ds.table.info.uuid, definition)
+        return definition
+
+    def is_view(self, name: str) -> bool:
+        return name in self and self.view_definition(name) is not None
+
     def _not_found(self, name: str) -> str:
         close = difflib.get_close_matches(name, self.names(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -95,6 +129,41 @@ class Catalog:
         )
         self._open[name] = (_stamp(ds.location / DATASET_FILE), ds)
         return ds
+
+    def create_view(
+        self,
+        name: str,
+        schema: pa.Schema,
+        *,
+        definition: dict[str, object],
+        fill: Callable[[Dataset], object],
+        primary_keys: Sequence[str] = (),
+        replace: bool = False,
+    ) -> Dataset:
+        """Create a materialized view's dataset: built aside (``fill`` commits its first
+        rows), its definition written, then renamed into place, so a crash leaves no
+        half-made view. ``replace`` swaps out an existing dataset of that name."""
+        check_name(name)
+        if name in self and not replace:
+            raise SchemaError(
+                f"Table '{name}' already exists in catalog '{self.path}'; DROP it first, use "
+                "CREATE OR REPLACE, or pick another name."
+            )
+        work = self.path / f".{name}.{uuid.uuid4().hex}.creating"
+        try:
+            ds = Dataset.create(work, schema, primary_keys=primary_keys)
+            ds.table.store.put_if_absent(VIEW_FILE, json.dumps(definition, indent=1).encode())
+            fill(ds)
+            if replace and name in self:
+                trash = self.path / f".{name}.{uuid.uuid4().hex}.dropped"
+                os.rename(self.path / name, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(work, self.path / name)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self._open.pop(name, None)
+        return self.dataset(name)
 
     def drop(self, name: str) -> None:
         """Remove a dataset: renamed away first (atomic), then deleted."""

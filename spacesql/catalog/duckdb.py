@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from spacesql.catalog.catalog import Catalog
+from spacesql.catalog.catalog import Catalog, is_hidden
 from spacesql.engine import Dataset
 from spacesql.engine.files import read_deletes
 from spacesql.engine.format import SnapshotRecord
@@ -179,6 +179,8 @@ class Registrar:
         assert rel is not None
         final = []
         for f in schema:
+            if is_hidden(f.name) and not positions:
+                continue
             if f.name in ds.record_fields:
                 udf = self._record_udf(ds)
                 final.append(duckdb.FunctionExpression(udf, _col(f.name)).alias(f.name))

@@ -29,7 +29,7 @@ from spacesql.engine.operations import (
 from spacesql.engine.table import Plan, Table
 from spacesql.errors import ConstraintError, SchemaError
 
-__all__ = ["AddColumns", "RewriteRows"]
+__all__ = ["AddColumns", "Overwrite", "RewriteRows"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class RewriteRows(Operation):
     data: pa.Table | None = None
     check_keys: bool = True
     operation: str = "update"
+    #: Recorded on the snapshot (e.g. the source snapshots a materialized view reflects).
+    properties: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -54,7 +56,7 @@ class RewriteRows(Operation):
     def plan(
         self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
     ) -> Plan | None:
-        plan = Plan(self.operation)
+        plan = Plan(self.operation, properties=dict(self.properties))
         hits = []
         for path, pos in self.positions.items():
             entry = state.files.get(path)
@@ -108,3 +110,35 @@ class AddColumns(Operation):
                 break
             schema_id += 1
         return Plan(self.name, schema_id=schema_id)
+
+
+@dataclass(frozen=True)
+class Overwrite(Operation):
+    """Replace every row with ``data`` (a full recompute of a materialized view).
+
+    Attributes:
+        data: The new rows (conforming to the schema).
+        properties: Recorded on the snapshot.
+    """
+
+    data: pa.Table
+    properties: Mapping[str, str] = field(default_factory=dict)
+    operation: str = "overwrite"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.operation
+
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
+        keys = table.info.primary_keys
+        if keys and self.data.num_rows:
+            check_keys(self.data, keys, dataset=table.name)
+        plan = Plan(self.operation, properties=dict(self.properties))
+        plan.removes.extend(state.files.values())
+        plan.deleted_rows = sum(e.live_rows for e in state.files.values())
+        if self.data.num_rows:
+            plan.adds.extend(_write_rows(writer, self.data))
+            plan.added_rows = self.data.num_rows
+        return plan

@@ -60,7 +60,11 @@ class Plan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.adds and not self.removes and self.schema_id is None
+        # properties alone make a commit: a refresh that changes no rows still records the
+        # source snapshots it now reflects
+        return (
+            not self.adds and not self.removes and self.schema_id is None and not self.properties
+        )
 
 
 #: Computes a plan against (table, head record, head state, writer); None means nothing to do.

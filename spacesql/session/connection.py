@@ -44,6 +44,10 @@ def _to_arrow(rel: Relation) -> pa.Table:
     return rel.arrow()  # duckdb < 1.4
 
 
+#: Statements that would change a materialized view's rows or schema behind its query.
+_VIEW_BLOCKED = frozenset({"insert", "delete", "update", "merge", "truncate", "alter", "drop"})
+
+
 class Connection:
     """A DuckDB connection over a spacesql catalog.
 
@@ -163,6 +167,13 @@ class Connection:
         from spacesql.sql.writes import execute_write
 
         assert isinstance(decision, Write)
+        if decision.kind in _VIEW_BLOCKED and self.catalog.is_view(decision.table):
+            raise SqlError(
+                f"'{decision.table}' is a materialized view: its rows come from its query. "
+                f"Change its sources and run REFRESH MATERIALIZED VIEW {decision.table}"
+                + (f", or DROP MATERIALIZED VIEW {decision.table}." if decision.kind == "drop"
+                   else ".")
+            )
 
         for attempt in range(20):
             try:
@@ -257,3 +268,13 @@ class Connection:
 
     def forget(self, name: str) -> None:
         self._registrar.forget_dataset(name)
+        self._fresh.discard(name)
+
+    def register_snapshot(
+        self, view: str, name: str, snapshot: int, *, positions: bool = False
+    ) -> None:
+        """Show snapshot ``snapshot`` of ``name`` as ``view`` (with row positions if asked)."""
+        self._registrar.register(view, name, snapshot, positions=positions)
+
+    def unregister(self, view: str) -> None:
+        self._registrar.unregister(view)

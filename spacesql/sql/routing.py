@@ -17,7 +17,7 @@ from typing import Literal
 
 from sqlglot import exp
 
-from spacesql.sql.dialect import Call
+from spacesql.sql.dialect import Call, RefreshView
 
 __all__ = [
     "METADATA_FUNCTIONS",
@@ -68,6 +68,10 @@ WriteKind = Literal[
     "alter",
     "truncate",
     "call",
+    "create_mv",
+    "refresh_mv",
+    "explain_refresh",
+    "drop_mv",
 ]
 
 
@@ -202,9 +206,19 @@ def route(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> Decision:
         }[type(stmt)]  # type: ignore[assignment]
         return Write(kind, target.name)
 
+    if isinstance(stmt, RefreshView):
+        target = _target(stmt.this)
+        if target is None or not _is_plain(target):
+            return Reject("REFRESH MATERIALIZED VIEW needs a plain view name.")
+        return Write("refresh_mv", target.name)
+
     if isinstance(stmt, exp.Create):
         kind_name = (stmt.args.get("kind") or "").upper()
         target = _target(stmt.this)
+        if kind_name == "VIEW" and _materialized(stmt):
+            if target is None or not _is_plain(target):
+                return Reject("CREATE MATERIALIZED VIEW needs a plain name (no schema).")
+            return Write("create_mv", target.name)
         temporary = any(
             isinstance(p, exp.TemporaryProperty)
             for p in (stmt.args.get("properties") or exp.Properties()).expressions
@@ -220,6 +234,12 @@ def route(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> Decision:
 
     if isinstance(stmt, exp.Drop):
         kind_name = (stmt.args.get("kind") or "").upper()
+        if kind_name == "VIEW" and stmt.args.get("materialized"):
+            nodes = stmt.args.get("tables") or [stmt.this]
+            target = _target(nodes[0]) if len(nodes) == 1 else None
+            if target is None or not _is_plain(target):
+                return Reject("Drop materialized views one at a time, by plain name.")
+            return Write("drop_mv", target.name)
         for node in stmt.args.get("tables") or [stmt.this]:
             target = _target(node)
             if target is not None and _is_plain(target) and is_dataset(target.name):
@@ -260,6 +280,13 @@ def route(stmt: exp.Expression, is_dataset: Callable[[str], bool]) -> Decision:
     return _read(stmt, is_dataset)
 
 
+def _materialized(stmt: exp.Create) -> bool:
+    props = stmt.args.get("properties")
+    if props is None:
+        return False
+    return any(isinstance(p, exp.MaterializedProperty) for p in props.expressions)
+
+
 def _command(stmt: exp.Command, is_dataset: Callable[[str], bool]) -> Decision:
     """Statements sqlglot keeps as opaque text: EXPLAIN is unwrapped, others must not touch
     a dataset (checked on tokens, not on text)."""
@@ -278,6 +305,11 @@ def _command(stmt: exp.Command, is_dataset: Callable[[str], bool]) -> Decision:
             statements = parse(inner)
         except ParseError:
             statements = []
+        if len(statements) == 1 and isinstance(statements[0], RefreshView):
+            decision = route(statements[0], is_dataset)
+            if isinstance(decision, Write):
+                return Write("explain_refresh", decision.table)
+            return decision
         if len(statements) == 1:
             decision = route(statements[0], is_dataset)
             if isinstance(decision, (Query, PassThrough)):

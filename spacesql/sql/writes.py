@@ -22,6 +22,7 @@ from spacesql.engine.rewrites import RewriteRows
 from spacesql.errors import SchemaError, SqlError
 from spacesql.sql.ddl import DDL_HANDLERS, count_result
 from spacesql.sql.merge import execute_merge
+from spacesql.sql.mview.statements import MVIEW_HANDLERS
 from spacesql.sql.routing import Write
 from spacesql.sql.translate import (
     delete_rows_query,
@@ -306,4 +307,5 @@ _HANDLERS = {
     "truncate": _truncate,
     "merge": execute_merge,
     **DDL_HANDLERS,
+    **MVIEW_HANDLERS,
 }

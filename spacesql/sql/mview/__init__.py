@@ -1,0 +1,1 @@
+"""Materialized views: stored query results refreshed incrementally from snapshot diffs."""
