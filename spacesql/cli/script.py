@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def run_script(
         return 1
     offset = 0
     with spacesql.connect(catalog) as con:
+        if not quiet and sys.stderr.isatty():
+            from spacesql.session.mview import progress_printer
+
+            con.progress = progress_printer()  # steps of long refreshes
         for statement in statements:
             start = text.index(statement, offset)
             offset = start + len(statement)

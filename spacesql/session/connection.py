@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -15,6 +16,9 @@ from spacesql.session.result import Result
 from spacesql.sql.host import Params, Relation
 from spacesql.sql.routing import PassThrough, Query, Reject, Write
 from spacesql.sql.statements import decide, split, table_names, transaction_effect
+
+if TYPE_CHECKING:
+    from spacesql.session.mview import MaterializedView
 from spacesql.sql.translate import (
     FunctionRef,
     TableRef,
@@ -65,6 +69,8 @@ class Connection:
         self._pinned: set[str] = set()
         #: Head views already brought up to date for the running statement.
         self._fresh: set[str] = set()
+        #: Receives the steps of long operations (materialized view refreshes), if set.
+        self.progress: Callable[[str], None] | None = None
         self._in_transaction = False
         self._closed = False
 
@@ -137,6 +143,19 @@ class Connection:
     def dataset(self, name: str) -> Dataset:
         """The dataset behind a table: its runner does what the SQL does."""
         return self.catalog.dataset(name)
+
+    def materialized_view(self, name: str) -> MaterializedView:
+        """A materialized view of the catalog, to refresh, explain or read its lineage."""
+        from spacesql.session.mview import MaterializedView
+
+        return MaterializedView(self, name)
+
+    def create_function(self, name: str, function: Any, *args: Any, **kwargs: Any) -> Connection:
+        """Register a Python function as a DuckDB function (same arguments as DuckDB's
+        ``create_function``; ``type="arrow"`` makes it vectorized over Arrow arrays). Views
+        using it refresh only in connections where it is registered."""
+        self._con.create_function(name, function, *args, **kwargs)
+        return self
 
     def tables(self) -> list[str]:
         return self.catalog.names()
