@@ -22,7 +22,7 @@ from spacesql.catalog.catalog import is_hidden
 from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
 from spacesql.engine import Dataset
 from spacesql.engine.format import SnapshotRecord
-from spacesql.engine.inputs import conform
+from spacesql.engine.inputs import check_keys, conform
 from spacesql.engine.rewrites import Overwrite, RewriteRows
 from spacesql.errors import (
     CommitConflictError,
@@ -279,6 +279,7 @@ class ViewManager:
                 f"{missing}, which the query does not return; its columns are "
                 f"{[c for c in data.column_names if not is_hidden(c)]}."
             )
+        check_keys(data, primary_key, dataset=name)
         definition = {
             "format": _DEFINITION_FORMAT,
             "query": sql(query),
