@@ -307,3 +307,12 @@ def test_scheduled_refresh_script(con: spacesql.Connection, tmp_path: Path) -> N
     assert out.exit_code == 0, out.output
     assert "incremental" in out.output
     assert ("b", 2) in rows(con, "SELECT * FROM v")
+
+
+def test_star_is_expanded_when_the_view_is_created(con: spacesql.Connection) -> None:
+    con.sql("CREATE MATERIALIZED VIEW v AS SELECT * FROM dim")
+    con.sql("ALTER TABLE dim ADD COLUMN note VARCHAR")
+    con.sql("INSERT INTO dim VALUES ('c', 3, 'new')")
+    assert refresh(con, "v")["strategy"] == "incremental"
+    assert con.sql("SELECT * FROM v").columns == ["grp", "w"]  # type: ignore[union-attr]
+    assert rows(con, "SELECT * FROM v") == [("a", 1), ("b", 2), ("c", 3)]

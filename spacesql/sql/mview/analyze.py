@@ -17,6 +17,7 @@ and the hidden state, used for creation and full recomputes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,10 @@ class FullPlan:
     query: exp.Query
     reason: str
     culprit: str | None = None
+    #: The query qualified, ``*`` expanded, items named as DuckDB names them (None if the
+    #: analysis could not qualify it): what a view stores, so later source columns do not
+    #: change it.
+    visible: exp.Query | None = None
     kind = "full"
 
 
@@ -106,6 +111,7 @@ class RowPlan:
 
     branches: list[Branch]
     query: exp.Query
+    visible: exp.Query | None = None
     kind = "rows"
 
 
@@ -138,6 +144,7 @@ class AggregatePlan:
     #: placeholders (``__spacesql_agg{i}``).
     items: list[tuple[str, exp.Expr]]
     query: exp.Query
+    visible: exp.Query | None = None
     kind = "aggregate"
 
     @property
@@ -202,12 +209,13 @@ def analyze(
     try:
         _rename_outputs(qualified, output_names)
     except _Unsupported as exc:
-        return FullPlan(qualified, exc.reason, exc.culprit)
+        return FullPlan(query, exc.reason, exc.culprit)
+    visible = qualified.copy()
     try:
         _check_volatile(qualified, volatile)
-        return _plan(qualified, tables, aggregates)
+        return dataclasses.replace(_plan(qualified, tables, aggregates), visible=visible)
     except _Unsupported as exc:
-        return FullPlan(qualified, exc.reason, exc.culprit)
+        return FullPlan(qualified, exc.reason, exc.culprit, visible)
 
 
 def _as_query(node: exp.Expr) -> exp.Query:

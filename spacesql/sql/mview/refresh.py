@@ -282,7 +282,7 @@ class ViewManager:
         check_keys(data, primary_key, dataset=name)
         definition = {
             "format": _DEFINITION_FORMAT,
-            "query": sql(query),
+            "query": sql(plan.visible if plan.visible is not None else query),
             "sources": sources,
             "primary_key": list(primary_key),
         }
@@ -976,7 +976,9 @@ def _merge_query(plan: AggregatePlan, signed: exp.Expr, positions_view: str) -> 
                     )
                 ]
             )
-        else:
+        elif spec.kind in ("min", "max"):
+            visible[f"__spacesql_agg{i}"] = _c(cols["m"], "m")
+        else:  # holistic: such groups are always recomputed, never merged
             visible[f"__spacesql_agg{i}"] = exp.null()
     for g in plan.group_columns:
         visible[g] = _c(g, "m")
