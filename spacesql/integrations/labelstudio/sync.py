@@ -1,0 +1,441 @@
+"""Applying Label Studio webhook events to a tasks table, idempotently, in one commit.
+
+A batch of events becomes one commit of the tasks table: the rows of the tasks the events
+touch are read, merged in memory and written back (rows that come out identical are not
+written). The rules make replays and reordering harmless:
+
+* an annotation is replaced only by a version whose ``updated_at`` is not older (last writer
+  wins); task-level fields likewise by the task's ``updated_at``;
+* deletions leave tombstones (table ``<tasks>_deleted``: kind, id, project, time), so an
+  older event arriving after the delete does not bring the annotation or task back; a task id
+  re-used by Label Studio for a task created after the delete is a new task.
+
+Webhook tasks carry no predictions or drafts: those of an existing row are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from spacesql.engine.rewrites import RewriteRows
+from spacesql.errors import CommitConflictError, SchemaError
+from spacesql.integrations.labelstudio.load import read_export
+from spacesql.integrations.labelstudio.normalize import parse_timestamp
+from spacesql.integrations.labelstudio.receiver import Event
+from spacesql.integrations.labelstudio.schema import SCHEMA
+from spacesql.session.connection import Connection
+
+__all__ = ["TOMBSTONES", "SyncSummary", "apply_events", "ensure_tables", "tombstone_table"]
+
+#: Schema of the tombstone table.
+TOMBSTONES = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # "task", "annotation" or "project"
+        pa.field("id", pa.int64(), nullable=False),
+        ("project", pa.int64()),
+        ("deleted_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+#: Keys of webhook task payloads that exports do not have (dropped, so a webhook row equals
+#: the exported one).
+_WEBHOOK_ONLY = ("is_labeled", "overlap", "precomputed_agreement", "comment_authors")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def tombstone_table(table: str) -> str:
+    return f"{table}_deleted"
+
+
+def ensure_tables(con: Connection, table: str) -> None:
+    """Create the tasks table (key ``project, id``) and its tombstones if missing."""
+    if table not in con.catalog:
+        con.catalog.create(table, SCHEMA, primary_keys=["project", "id"])
+    else:
+        schema = con.dataset(table).schema
+        missing = [f.name for f in SCHEMA if f.name not in schema.names]
+        if missing:
+            raise SchemaError(
+                f"Table '{table}' is not a Label Studio tasks table (no columns {missing}); "
+                "pick another --table."
+            )
+    name = tombstone_table(table)
+    if name not in con.catalog:
+        con.catalog.create(name, TOMBSTONES, primary_keys=["kind", "id"])
+
+
+@dataclass
+class SyncSummary:
+    """What one batch changed."""
+
+    events: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    ignored: int = 0
+    snapshot_id: int | None = None
+
+
+@dataclass
+class _Pending:
+    task: dict[str, Any] | None = None
+    annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _ts(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    parsed = parse_timestamp(value) if value is not None else None
+    return parsed if parsed is not None else _EPOCH
+
+
+def _when(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+
+
+def _task_key(task: Mapping[str, Any], project: int | None) -> tuple[int, int]:
+    p = task.get("project", project)
+    if isinstance(p, dict):
+        p = p.get("id")
+    return (int(p) if isinstance(p, int) else int(project or 0), int(task["id"]))
+
+
+def _newer(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    """Whether ``b`` may replace ``a`` (last writer wins by updated_at; ties: the later)."""
+    return a is None or _ts(b.get("updated_at")) >= _ts(a.get("updated_at"))
+
+
+def apply_events(con: Connection, table: str, events: Sequence[Event]) -> SyncSummary:
+    """Apply a batch of webhook events to ``table`` as one commit (idempotent)."""
+    ensure_tables(con, table)
+    summary = SyncSummary(events=len(events))
+    pending: dict[tuple[int, int], _Pending] = {}
+    ann_deleted: dict[int, dt.datetime] = {}
+    task_deleted: dict[int, tuple[int | None, dt.datetime]] = {}
+    project_deleted: dict[int, dt.datetime] = {}
+    for event in sorted(events, key=lambda e: e.seq):
+        when = _when(event.received_at)
+        body = event.body
+        if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"):
+            anns = (
+                body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
+            )
+            tasks = body["task"] if isinstance(body["task"], list) else [body["task"]]
+            by_id = {int(t["id"]): t for t in tasks}
+            for ann in anns:
+                task = by_id.get(int(ann.get("task", -1))) or (
+                    tasks[0] if len(tasks) == 1 else None
+                )
+                if task is None:
+                    summary.ignored += 1
+                    continue
+                key = _task_key(task, event.project)
+                slot = pending.setdefault(key, _Pending())
+                if _newer(slot.task, task):
+                    slot.task = task
+                aid = int(ann["id"])
+                if aid in ann_deleted and ann_deleted[aid] >= _ts(ann.get("updated_at")):
+                    summary.ignored += 1
+                    continue
+                if _newer(slot.annotations.get(aid), ann):
+                    slot.annotations[aid] = ann
+        elif event.action == "TASKS_CREATED":
+            for task in body["tasks"]:
+                key = _task_key(task, event.project)
+                slot = pending.setdefault(key, _Pending())
+                if _newer(slot.task, task):
+                    slot.task = task
+        elif event.action == "ANNOTATIONS_DELETED":
+            for ann in body["annotations"]:
+                aid = int(ann["id"])
+                ann_deleted[aid] = when
+                for slot in pending.values():
+                    slot.annotations.pop(aid, None)
+        elif event.action == "TASKS_DELETED":
+            for task in body["tasks"]:
+                tid = int(task["id"])
+                task_deleted[tid] = (event.project, when)
+                for key in [k for k in pending if k[1] == tid]:
+                    if event.project is None or key[0] == event.project:
+                        del pending[key]
+        elif event.action == "PROJECT_DELETED":
+            assert event.project is not None
+            project_deleted[event.project] = when
+            for key in [k for k in pending if k[0] == event.project]:
+                del pending[key]
+    _write_tombstones(con, table, ann_deleted, task_deleted, project_deleted)
+    stones = _read_tombstones(con, table, pending)
+    for key in list(pending):
+        slot = pending[key]
+        gone = stones.get(("task", key[1]))
+        gone_project = stones.get(("project", key[0]))
+        created = _ts(slot.task.get("created_at")) if slot.task else None
+        for stone_at in (gone, gone_project):
+            if stone_at is not None and (created is None or created <= stone_at):
+                del pending[key]
+                summary.ignored += 1
+                break
+        else:
+            for aid in list(slot.annotations):
+                stone = stones.get(("annotation", aid))
+                if stone is not None and stone >= _ts(slot.annotations[aid].get("updated_at")):
+                    del slot.annotations[aid]
+                    summary.ignored += 1
+    for _attempt in range(20):
+        try:
+            _commit(con, table, pending, ann_deleted, task_deleted, project_deleted, summary)
+            return summary
+        except CommitConflictError:
+            continue
+    raise CommitConflictError(  # pragma: no cover - 20 lost races in a row
+        f"Table '{table}' kept changing while webhook events were applied; they will be retried."
+    )
+
+
+def _write_tombstones(
+    con: Connection,
+    table: str,
+    ann_deleted: Mapping[int, dt.datetime],
+    task_deleted: Mapping[int, tuple[int | None, dt.datetime]],
+    project_deleted: Mapping[int, dt.datetime],
+) -> None:
+    rows = (
+        [("annotation", aid, None, when) for aid, when in ann_deleted.items()]
+        + [("task", tid, p, when) for tid, (p, when) in task_deleted.items()]
+        + [("project", pid, pid, when) for pid, when in project_deleted.items()]
+    )
+    if not rows:
+        return
+    data = pa.table(
+        {
+            "kind": [r[0] for r in rows],
+            "id": pa.array([r[1] for r in rows], pa.int64()),
+            "project": pa.array([r[2] for r in rows], pa.int64()),
+            "deleted_at": pa.array([r[3] for r in rows], pa.timestamp("us", tz="UTC")),
+        },
+        schema=TOMBSTONES,
+    )
+    con.dataset(tombstone_table(table)).local().upsert(data)
+
+
+def _read_tombstones(
+    con: Connection, table: str, pending: Mapping[tuple[int, int], _Pending]
+) -> dict[tuple[str, int], dt.datetime]:
+    if not pending:
+        return {}
+    wanted = pa.table(
+        {
+            "kind": ["task"] * len(pending)
+            + ["project"] * len(pending)
+            + ["annotation"] * sum(len(s.annotations) for s in pending.values()),
+            "id": pa.array(
+                [k[1] for k in pending]
+                + [k[0] for k in pending]
+                + [a for s in pending.values() for a in s.annotations],
+                pa.int64(),
+            ),
+        }
+    )
+    found = _query(
+        con,
+        f'SELECT t.kind, t.id, t.deleted_at FROM "{tombstone_table(table)}" AS t '
+        "SEMI JOIN __spacesql_wanted AS w ON t.kind = w.kind AND t.id = w.id",
+        {"__spacesql_wanted": wanted},
+    )
+    return {
+        (k, i): w
+        for k, i, w in zip(
+            found.column("kind").to_pylist(),
+            found.column("id").to_pylist(),
+            found.column("deleted_at").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _query(con: Connection, sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
+    duck = con.duckdb
+    for name, t in tables.items():
+        duck.register(name, t)
+    try:
+        rel = con.sql(sql)
+        assert rel is not None
+        table: pa.Table = rel.to_arrow_table()
+        return table
+    finally:
+        for name in tables:
+            duck.unregister(name)
+
+
+def _commit(
+    con: Connection,
+    table: str,
+    pending: Mapping[tuple[int, int], _Pending],
+    ann_deleted: Mapping[int, dt.datetime],
+    task_deleted: Mapping[int, tuple[int | None, dt.datetime]],
+    project_deleted: Mapping[int, dt.datetime],
+    summary: SyncSummary,
+) -> None:
+    ds = con.dataset(table)
+    head = ds.snapshot()
+    view = f"__spacesql_ls_{table}"
+    con.register_snapshot(view, table, head.snapshot_id, positions=True)
+    try:
+        keys = pa.table(
+            {
+                "project": pa.array([k[0] for k in pending], pa.int64()),
+                "id": pa.array([k[1] for k in pending], pa.int64()),
+            }
+        )
+        dead_tasks = pa.table(
+            {
+                "project": pa.array([p for p, _ in task_deleted.values()], pa.int64()),
+                "id": pa.array(list(task_deleted), pa.int64()),
+            }
+        )
+        params = {
+            "__spacesql_keys": keys,
+            "__spacesql_dead": dead_tasks,
+            "__spacesql_ann": pa.table({"id": pa.array(list(ann_deleted), pa.int64())}),
+            "__spacesql_projects": pa.table({"id": pa.array(list(project_deleted), pa.int64())}),
+        }
+        found = _query(
+            con,
+            f'SELECT * FROM "{view}" AS t WHERE '
+            "EXISTS (SELECT 1 FROM __spacesql_keys AS k "
+            "WHERE k.project = t.project AND k.id = t.id)"
+            " OR EXISTS (SELECT 1 FROM __spacesql_dead AS d WHERE d.id = t.id AND "
+            "(d.project IS NULL OR d.project = t.project))"
+            " OR t.project IN (SELECT id FROM __spacesql_projects)"
+            " OR list_has_any(list_transform(t.annotations, lambda a: a.id),"
+            " (SELECT list(id) FROM __spacesql_ann))",
+            params,
+        )
+    finally:
+        con.unregister(view)
+    from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
+
+    current = {
+        (r["project"], r["id"]): r
+        for r in found.drop_columns([FILE_COLUMN, POSITION_COLUMN]).to_pylist()
+    }
+    where = {
+        (p, i): (f, pos)
+        for p, i, f, pos in zip(
+            found.column("project").to_pylist(),
+            found.column("id").to_pylist(),
+            found.column(FILE_COLUMN).to_pylist(),
+            found.column(POSITION_COLUMN).to_pylist(),
+            strict=True,
+        )
+    }
+    fresh = _normalize(pending)
+    out: list[dict[str, Any]] = []
+    remove: list[tuple[int, int]] = []
+    upserted = deleted = unchanged = 0
+    for key, row in current.items():
+        project, tid = key
+        dead = task_deleted.get(tid)
+        if project in project_deleted or (
+            dead is not None and (dead[0] is None or dead[0] == project)
+        ):
+            remove.append(key)
+            deleted += 1
+            continue
+        merged = _merge(row, pending.get(key), fresh.get(key), ann_deleted)
+        if merged == row:
+            unchanged += 1
+            continue
+        remove.append(key)
+        out.append(merged)
+        upserted += 1
+    for key, row in fresh.items():
+        if key not in current:
+            out.append(_merge(None, pending[key], row, ann_deleted))
+            upserted += 1
+    positions: dict[str, list[int]] = {}
+    root = str(ds.location)
+    import os
+
+    for key in remove:
+        f, pos = where[key]
+        positions.setdefault(os.path.relpath(f, root).replace(os.sep, "/"), []).append(pos)
+    data = pa.Table.from_pylist(out, schema=SCHEMA) if out else None
+    if positions or data is not None:
+        op = RewriteRows(
+            positions={p: np.array(v, dtype=np.int64) for p, v in positions.items()},
+            data=data,
+            operation="labelstudio",
+        )
+        result = ds.local().commit(op, expected_snapshot=head.snapshot_id)
+        summary.snapshot_id = result.snapshot_id
+    summary.upserted, summary.deleted, summary.unchanged = upserted, deleted, unchanged
+
+
+def _normalize(
+    pending: Mapping[tuple[int, int], _Pending],
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Pending task payloads and annotations as rows of the schema (through the export
+    reader, so webhook rows are typed exactly as imported ones)."""
+    raw = []
+    for (project, tid), slot in pending.items():
+        task = dict(slot.task) if slot.task else {"id": tid, "data": {}}
+        for k in _WEBHOOK_ONLY:
+            task.pop(k, None)
+        task["id"] = tid
+        task["project"] = project
+        task["annotations"] = list(slot.annotations.values())
+        task.setdefault("predictions", [])
+        task.setdefault("drafts", [])
+        raw.append(task)
+    if not raw:
+        return {}
+    table = read_export(json.dumps(raw).encode())
+    return {(r["project"], r["id"]): r for r in table.to_pylist()}
+
+
+def _merge(
+    row: dict[str, Any] | None,
+    slot: _Pending | None,
+    fresh: dict[str, Any] | None,
+    ann_deleted: Mapping[int, dt.datetime],
+) -> dict[str, Any]:
+    """The task's new row: stored row + newer task fields + newer annotations - deleted."""
+    if row is None:
+        assert fresh is not None
+        out = dict(fresh)
+        out["source_format"] = "WEBHOOK"
+        return out
+    out = dict(row)
+    newer = fresh is not None and _newer(
+        {"updated_at": row.get("updated_at")}, {"updated_at": fresh.get("updated_at")}
+    )
+    if slot is not None and fresh is not None and slot.task is not None and newer:
+        for k, v in fresh.items():
+            if k not in (
+                "annotations",
+                "predictions",
+                "prediction_ids",
+                "drafts",
+                "draft_ids",
+                "source_format",
+            ):
+                out[k] = v
+    anns = {a["id"]: a for a in (row.get("annotations") or [])}
+    for aid in list(anns):
+        if aid in ann_deleted:
+            del anns[aid]
+    for ann in (fresh or {}).get("annotations") or []:
+        old = anns.get(ann["id"])
+        if old is None or (ann.get("updated_at") or _EPOCH) >= (old.get("updated_at") or _EPOCH):
+            anns[ann["id"]] = ann
+    out["annotations"] = [anns[k] for k in sorted(anns)]
+    if out["annotations"] == (row.get("annotations") or []) and out == row:
+        return row
+    return out
