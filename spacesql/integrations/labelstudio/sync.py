@@ -259,12 +259,14 @@ def _read_tombstones(
     }
 
 
-def _query(con: Connection, sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
+def _query(
+    con: Connection, sql: str, tables: Mapping[str, pa.Table], params: list[Any] | None = None
+) -> pa.Table:
     duck = con.duckdb
     for name, t in tables.items():
         duck.register(name, t)
     try:
-        rel = con.sql(sql)
+        rel = con.sql(sql, params=params)
         assert rel is not None
         table: pa.Table = rel.to_arrow_table()
         return table
@@ -439,3 +441,89 @@ def _merge(
     if out["annotations"] == (row.get("annotations") or []) and out == row:
         return row
     return out
+
+
+def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) -> SyncSummary:
+    """Make the rows of ``project`` equal an export of it: what webhooks never send (inline
+    imported annotations, drafts, predictions, delete-all, deliveries lost while the receiver
+    was down) is caught here. Tasks the export lacks are deleted (the export must hold every
+    task: Label Studio's ``download_all_tasks=true``); rows that are equal are not written."""
+    ensure_tables(con, table)
+    others = [p for p in set(export.column("project").to_pylist()) if p != project]
+    if others:
+        raise SchemaError(
+            f"The export holds tasks of project(s) {sorted(map(str, others))}, not only of "
+            f"project {project}; export that one project."
+        )
+    summary = SyncSummary(events=export.num_rows)
+    wanted = {(r["project"], r["id"]): r for r in export.to_pylist()}
+    for _attempt in range(20):
+        ds = con.dataset(table)
+        head = ds.snapshot()
+        view = f"__spacesql_ls_{table}"
+        con.register_snapshot(view, table, head.snapshot_id, positions=True)
+        try:
+            found = _query(
+                con,
+                f'SELECT * FROM "{view}" WHERE project = ?',
+                {},
+                [project],
+            )
+        finally:
+            con.unregister(view)
+        from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
+
+        rows = found.drop_columns([FILE_COLUMN, POSITION_COLUMN]).to_pylist()
+        files = found.column(FILE_COLUMN).to_pylist()
+        positions = found.column(POSITION_COLUMN).to_pylist()
+        remove: dict[str, list[int]] = {}
+        out = []
+        seen = set()
+        counts = {"upserted": 0, "deleted": 0, "unchanged": 0}
+        import os
+
+        for row, f, pos in zip(rows, files, positions, strict=True):
+            key = (row["project"], row["id"])
+            seen.add(key)
+            new = wanted.get(key)
+            if new is not None and _same(new, row):
+                counts["unchanged"] += 1
+                continue
+            remove.setdefault(os.path.relpath(f, str(ds.location)).replace(os.sep, "/"), []).append(
+                pos
+            )
+            if new is None:
+                counts["deleted"] += 1
+            else:
+                out.append(new)
+                counts["upserted"] += 1
+        for key, new in wanted.items():
+            if key not in seen:
+                out.append(new)
+                counts["upserted"] += 1
+        if not remove and not out:
+            summary.unchanged = counts["unchanged"]
+            return summary
+        op = RewriteRows(
+            positions={p: np.array(v, dtype=np.int64) for p, v in remove.items()},
+            data=pa.Table.from_pylist(out, schema=SCHEMA) if out else None,
+            operation="labelstudio_reconcile",
+        )
+        try:
+            result = ds.local().commit(op, expected_snapshot=head.snapshot_id)
+        except CommitConflictError:
+            continue
+        summary.snapshot_id = result.snapshot_id
+        summary.upserted, summary.deleted = counts["upserted"], counts["deleted"]
+        summary.unchanged = counts["unchanged"]
+        return summary
+    raise CommitConflictError(  # pragma: no cover
+        f"Table '{table}' kept changing during the reconcile; run it again."
+    )
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Rows equal but for where they came from."""
+    return {k: v for k, v in a.items() if k != "source_format"} == {
+        k: v for k, v in b.items() if k != "source_format"
+    }

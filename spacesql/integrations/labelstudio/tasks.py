@@ -1,0 +1,156 @@
+"""Rows back to Label Studio: tasks in Label Studio's import JSON.
+
+Two kinds of rows are understood:
+
+* rows of a tasks table (:data:`~spacesql.integrations.labelstudio.schema.SCHEMA`): ``data``
+  and ``meta`` come from ``data_json``/``meta_json``, annotations and predictions from their
+  result items' ``raw_json`` (exactly what Label Studio stored), so an import, an export from
+  Label Studio and a re-import give identical results;
+* rows of any query: columns ``data`` (a struct or JSON text) or else every ordinary column
+  become the task's ``data``; a ``result`` column (a list of result structs of the schema, or
+  JSON text of a result list) with optional ``score`` and ``model_version`` becomes one
+  prediction (or annotation); ``meta`` becomes the task's meta.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from spacesql.errors import SchemaError
+
+__all__ = ["to_tasks"]
+
+_SPECIAL = frozenset(
+    {
+        "data",
+        "data_json",
+        "meta",
+        "meta_json",
+        "result",
+        "score",
+        "model_version",
+        "annotations",
+        "predictions",
+    }
+)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _results(items: Iterable[Any] | str | None) -> list[Any]:
+    """Result items as Label Studio stores them."""
+    if items is None:
+        return []
+    if isinstance(items, str):
+        parsed = json.loads(items)
+        if not isinstance(parsed, list):
+            raise SchemaError(f"A result must be a JSON list of result items, got {items[:80]!r}.")
+        return parsed
+    out = []
+    for item in items:
+        if isinstance(item, Mapping) and item.get("raw_json"):
+            out.append(json.loads(item["raw_json"]))
+        elif isinstance(item, Mapping):
+            out.append({k: v for k, v in item.items() if v is not None})
+        else:
+            out.append(_json(item))
+    return out
+
+
+def _annotation(ann: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"result": _results(ann.get("result"))}
+    for key in ("was_cancelled", "ground_truth", "lead_time", "completed_by"):
+        if ann.get(key) is not None:
+            out[key] = ann[key]
+    return out
+
+
+def _prediction(pred: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"result": _results(pred.get("result"))}
+    if pred.get("model_version") is not None:
+        out["model_version"] = pred["model_version"]
+    if pred.get("score") is not None:
+        out["score"] = pred["score"]
+    return out
+
+
+def to_tasks(
+    rows: pa.Table | Iterable[Mapping[str, Any]],
+    *,
+    as_: str = "predictions",
+    model_version: str | None = None,
+    annotations: bool = True,
+) -> list[dict[str, Any]]:
+    """Label Studio import JSON for rows.
+
+    Args:
+        rows: An Arrow table (or dicts) of a tasks table or of any query (see the module).
+        as_: What a ``result`` column becomes: ``"predictions"`` (pre-annotations, e.g. a
+            model's output) or ``"annotations"``.
+        model_version: Model version of predictions made from a ``result`` column.
+        annotations: Include a tasks table's annotations (False sends data and predictions
+            only, e.g. to label again).
+
+    Raises:
+        SchemaError: ``as_`` is neither, or a ``result`` is not a list of result items.
+    """
+    if as_ not in ("predictions", "annotations"):
+        raise SchemaError(f"as_ must be 'predictions' or 'annotations', got {as_!r}.")
+    records = rows.to_pylist() if isinstance(rows, pa.Table) else list(rows)
+    tasks = []
+    for row in records:
+        if "data_json" in row:
+            data = _json(row["data_json"]) or {}
+        elif "data" in row:
+            data = _json(row["data"]) or {}
+        else:
+            data = {k: v for k, v in row.items() if k not in _SPECIAL}
+        if not isinstance(data, dict):
+            raise SchemaError(f"A task's data must be an object, got {data!r:.80}.")
+        task: dict[str, Any] = {"data": _plain(data)}
+        meta = _json(row.get("meta_json", row.get("meta")))
+        if meta:
+            task["meta"] = meta
+        if annotations and row.get("annotations"):
+            task["annotations"] = [_annotation(a) for a in row["annotations"]]
+        if row.get("predictions"):
+            task["predictions"] = [_prediction(p) for p in row["predictions"]]
+        if "result" in row and row["result"] is not None:
+            made: dict[str, Any] = {"result": _results(row["result"])}
+            if as_ == "predictions":
+                version = row.get("model_version") or model_version
+                if version is not None:
+                    made["model_version"] = version
+                if row.get("score") is not None:
+                    made["score"] = row["score"]
+            task.setdefault(as_, []).append(made)
+        tasks.append(task)
+    return tasks
+
+
+def _plain(value: Any) -> Any:
+    """Values JSON can carry (dates as ISO text, bytes refused)."""
+    import datetime as dt
+    import decimal
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        raise SchemaError(
+            "Binary values cannot go to Label Studio; select a URL or path column instead."
+        )
+    return value
