@@ -88,6 +88,15 @@ def duckdb_init(catalog: str) -> None:
     click.echo(duckdb_init_script(Catalog(catalog)), nl=False)
 
 
+def _add_groups() -> None:
+    from spacesql.cli.labelstudio import labelstudio
+
+    cli.add_command(labelstudio)
+
+
+_add_groups()
+
+
 def main() -> None:
     """Entry point: errors from spacesql print as one clear line and exit with status 1."""
     try:
