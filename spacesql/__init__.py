@@ -31,6 +31,7 @@ def connect(path: str = ".", *, threads: int | None = None) -> Connection:
         path: The catalog directory.
         threads: DuckDB worker threads (default: DuckDB's choice).
     """
+    import spacesql.integrations.labelstudio.sqlfunctions  # noqa: F401 - registers SQL functions
     from spacesql.session import connect as _connect
 
     return _connect(path, threads=threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -23,7 +24,32 @@ _USAGE = {
 }
 
 
+#: Table functions registered by integrations: name -> (usage, min args, max args, function).
+_EXTRA: dict[str, tuple[str, int, int, Callable[[Connection, tuple[Any, ...]], pa.Table]]] = {}
+
+
+def register_table_function(
+    name: str,
+    usage: str,
+    function: Callable[[Connection, tuple[Any, ...]], pa.Table],
+    *,
+    min_args: int,
+    max_args: int,
+) -> None:
+    """Make ``FROM name(literal args)`` call ``function(connection, args)`` for its rows."""
+    from spacesql.sql.routing import TABLE_FUNCTIONS
+
+    _EXTRA[name] = (usage, min_args, max_args, function)
+    TABLE_FUNCTIONS.add(name)
+
+
 def metadata_table(con: Connection, function: str, args: tuple[Any, ...]) -> pa.Table:
+    extra = _EXTRA.get(function)
+    if extra is not None:
+        usage, lo, hi, fn = extra
+        if not lo <= len(args) <= hi:
+            raise SqlError(f"Usage: FROM {usage}")
+        return fn(con, args)
     usage, lo, hi = _USAGE[function]
     if not lo <= len(args) <= hi or (args and not isinstance(args[0], str)):
         raise SqlError(f"Usage: FROM {usage}")

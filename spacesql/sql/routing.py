@@ -22,12 +22,14 @@ from spacesql.sql.dialect import Call, RefreshView
 __all__ = [
     "METADATA_FUNCTIONS",
     "PROCEDURES",
+    "TABLE_FUNCTIONS",
     "Decision",
     "PassThrough",
     "Query",
     "Reject",
     "Write",
     "dataset_tables",
+    "is_table_function",
     "route",
     "table_refs",
 ]
@@ -43,6 +45,16 @@ METADATA_FUNCTIONS = frozenset(
         "spacesql_tables",
     }
 )
+#: Table functions added by integrations (``spacesql_read_labelstudio``, ...), registered
+#: through ``spacesql.session.metadata.register_table_function``.
+TABLE_FUNCTIONS: set[str] = set()
+
+
+def is_table_function(name: str) -> bool:
+    """Whether ``FROM name(...)`` is one of spacesql's table functions."""
+    return name in METADATA_FUNCTIONS or name in TABLE_FUNCTIONS
+
+
 #: Procedures for ``CALL``.
 PROCEDURES = frozenset(
     {
@@ -140,7 +152,7 @@ def table_refs(stmt: exp.Expression) -> tuple[list[exp.Table], list[str]]:
     for t in stmt.find_all(exp.Table):
         if _is_plain(t) and t.name not in ctes:
             plain.append(t)
-        elif isinstance(t.this, exp.Anonymous) and t.this.name.lower() in METADATA_FUNCTIONS:
+        elif isinstance(t.this, exp.Anonymous) and is_table_function(t.this.name.lower()):
             functions.append(t.this.name.lower())
     if len(_TABLES) > 1024:
         _TABLES.clear()

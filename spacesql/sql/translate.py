@@ -15,7 +15,7 @@ from sqlglot.errors import ErrorLevel
 from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
 from spacesql.errors import SqlError
 from spacesql.sql.dialect import SpaceSQL
-from spacesql.sql.routing import METADATA_FUNCTIONS, dataset_tables, table_refs
+from spacesql.sql.routing import dataset_tables, is_table_function, table_refs
 
 __all__ = [
     "FILE",
@@ -148,7 +148,7 @@ def rewrite_references(
         changed = True
     for table in list(stmt.find_all(exp.Table)):
         func = table.this
-        if isinstance(func, exp.Anonymous) and func.name.lower() in METADATA_FUNCTIONS:
+        if isinstance(func, exp.Anonymous) and is_table_function(func.name.lower()):
             args = tuple(
                 literal_value(a, f"argument of {func.name.lower()}()") for a in func.expressions
             )
