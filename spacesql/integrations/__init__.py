@@ -1,0 +1,1 @@
+"""Integrations with other tools (Label Studio, ...); nothing here is imported by ``spacesql``."""
