@@ -36,9 +36,19 @@ def labelstudio() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="The project's labeling config (XML); helps JSON_MIN/CSV/TSV exports.",
 )
+@click.option(
+    "--project",
+    type=int,
+    help="Project of tasks whose export does not name it (JSON_MIN/CSV/TSV; default 0).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def import_(
-    catalog: str, sources: tuple[str, ...], table: str, label_config: str | None, progress: bool
+    catalog: str,
+    sources: tuple[str, ...],
+    table: str,
+    label_config: str | None,
+    project: int | None,
+    progress: bool,
 ) -> None:
     """Import Label Studio exports (any format; re-imports update changed tasks only)."""
     import spacesql
@@ -50,7 +60,11 @@ def import_(
         ensure_tables(con, table)
         for source in sources:
             summary = import_into(
-                con.dataset(table), source, label_config=config, progress=progress
+                con.dataset(table),
+                source,
+                label_config=config,
+                project=project,
+                progress=progress,
             )
             click.echo(
                 f"{source}: {summary.format}, {summary.tasks} tasks: {summary.inserted} new, "
