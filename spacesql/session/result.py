@@ -44,6 +44,24 @@ class Result:
 
         return call
 
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """The first row, or None (DuckDB 2 relations dropped ``fetchone``)."""
+        try:
+            rows = self._relation.limit(1).fetchall()
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
+        return rows[0] if rows else None
+
+    def to_arrow_table(self) -> Any:
+        """All rows as an Arrow table (on every DuckDB version)."""
+        rel = self._relation
+        try:
+            if hasattr(rel, "to_arrow_table"):
+                return rel.to_arrow_table()
+            return rel.arrow()  # pragma: no cover - duckdb < 1.4
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
+
     def __len__(self) -> int:
         return len(self._relation)
 
