@@ -48,6 +48,15 @@ def _to_arrow(rel: Relation) -> pa.Table:
     return rel.arrow()  # duckdb < 1.4
 
 
+def _catalog_error(exc: Exception, message: str) -> SqlError:
+    """DuckDB's catalog errors: a missing table or view is a TableNotFoundError; a missing
+    function, type or schema is a plain SqlError."""
+    text = str(exc)
+    if "Table with name" in text or "View with name" in text or "No table" in message:
+        return TableNotFoundError(message)
+    return SqlError(message)
+
+
 #: Statements that would change a materialized view's rows or schema behind its query.
 _VIEW_BLOCKED = frozenset({"insert", "delete", "update", "merge", "truncate", "alter", "drop"})
 
@@ -208,7 +217,7 @@ class Connection:
             rel = self._con.sql(text, params=params)
             return None if rel is None else Result(rel)
         except duckdb.CatalogException as exc:
-            raise TableNotFoundError(self._catalog_message(exc)) from exc
+            raise _catalog_error(exc, self._catalog_message(exc)) from exc
         except duckdb.ParserException as exc:
             raise SqlError(str(exc)) from exc
         except duckdb.Error as exc:
@@ -273,7 +282,7 @@ class Connection:
         try:
             return _to_arrow(self._con.sql(generate(stmt), params=params))
         except duckdb.CatalogException as exc:
-            raise TableNotFoundError(self._catalog_message(exc)) from exc
+            raise _catalog_error(exc, self._catalog_message(exc)) from exc
         except duckdb.Error as exc:
             raise SqlError(str(exc)) from exc
 

@@ -92,7 +92,8 @@ def to_tasks(
     """Label Studio import JSON for rows.
 
     Args:
-        rows: An Arrow table (or dicts) of a tasks table or of any query (see the module).
+        rows: Arrow data (table, record batch reader, DuckDB result, anything with
+            ``__arrow_c_stream__``) or dicts: a tasks table's rows or any query's.
         as_: What a ``result`` column becomes: ``"predictions"`` (pre-annotations, e.g. a
             model's output) or ``"annotations"``.
         model_version: Model version of predictions made from a ``result`` column.
@@ -104,7 +105,12 @@ def to_tasks(
     """
     if as_ not in ("predictions", "annotations"):
         raise SchemaError(f"as_ must be 'predictions' or 'annotations', got {as_!r}.")
-    records = rows.to_pylist() if isinstance(rows, pa.Table) else list(rows)
+    if isinstance(rows, pa.Table) or hasattr(rows, "__arrow_c_stream__"):
+        from spacesql.engine.inputs import to_table
+
+        records = to_table(rows).to_pylist()
+    else:
+        records = list(rows)
     tasks = []
     for row in records:
         if "data_json" in row:
