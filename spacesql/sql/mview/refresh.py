@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from spacesql.catalog.catalog import is_hidden
@@ -739,13 +740,13 @@ class ViewManager:
         dead = merged.select([FILE_COLUMN, POSITION_COLUMN]).filter(
             merged.column(FILE_COLUMN).is_valid()
         )
-        recompute = merged.column("__spacesql_recompute")
+        recompute = pc.fill_null(merged.column("__spacesql_recompute"), False)
         alive = merged.filter(
-            pa.compute.and_(
-                pa.compute.invert(recompute),
-                pa.compute.greater(merged.column(N_COLUMN), 0)
+            pc.and_(
+                pc.invert(recompute),
+                pc.greater(merged.column(N_COLUMN), 0)
                 if plan.groups
-                else pa.compute.is_valid(merged.column(N_COLUMN)),
+                else pc.is_valid(merged.column(N_COLUMN)),
             )
         )
         keep = [c for c in alive.column_names if c not in _MERGE_EXTRA]
