@@ -48,7 +48,7 @@ def _to_arrow(rel: Relation) -> pa.Table:
     return rel.arrow()  # duckdb < 1.4
 
 
-def _catalog_error(exc: Exception, message: str) -> SqlError:
+def _catalog_error(exc: Exception, message: str) -> SqlError | TableNotFoundError:
     """DuckDB's catalog errors: a missing table or view is a TableNotFoundError; a missing
     function, type or schema is a plain SqlError."""
     text = str(exc)
