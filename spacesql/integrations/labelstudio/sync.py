@@ -348,7 +348,11 @@ def _commit(
             dead is not None and (dead[0] is None or dead[0] == project)
         ):
             remove.append(key)
-            deleted += 1
+            if key in fresh:  # deleted, then a new task re-used its id (in this batch)
+                out.append(_merge(None, pending[key], fresh[key], ann_deleted))
+                upserted += 1
+            else:
+                deleted += 1
             continue
         merged = _merge(row, pending.get(key), fresh.get(key), ann_deleted)
         if merged == row:
@@ -409,7 +413,9 @@ def _merge(
     ann_deleted: Mapping[int, dt.datetime],
 ) -> dict[str, Any]:
     """The task's new row: stored row + newer task fields + newer annotations - deleted."""
-    if row is None:
+    if row is None or _other_task(row, slot, fresh):
+        # a new task, or Label Studio re-used the id of a task deleted unseen (delete-all,
+        # or while the receiver was down): nothing of the stored row belongs to it
         assert fresh is not None
         out = dict(fresh)
         out["source_format"] = "WEBHOOK"
@@ -438,9 +444,25 @@ def _merge(
         if old is None or (ann.get("updated_at") or _EPOCH) >= (old.get("updated_at") or _EPOCH):
             anns[ann["id"]] = ann
     out["annotations"] = [anns[k] for k in sorted(anns)]
+    if len(anns) < len(row.get("annotations") or []):
+        # deletions carry only ids: keep the counters true to the annotations that remain
+        cancelled = sum(1 for a in out["annotations"] if a.get("was_cancelled"))
+        out["cancelled_annotations"] = cancelled
+        out["total_annotations"] = len(out["annotations"]) - cancelled
     if out["annotations"] == (row.get("annotations") or []) and out == row:
         return row
     return out
+
+
+def _other_task(
+    row: Mapping[str, Any], slot: _Pending | None, fresh: Mapping[str, Any] | None
+) -> bool:
+    """Whether an event's task is another task than the stored row with the same id
+    (created at another time)."""
+    if slot is None or slot.task is None or fresh is None:
+        return False
+    stored, incoming = row.get("created_at"), fresh.get("created_at")
+    return stored is not None and incoming is not None and stored != incoming
 
 
 def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) -> SyncSummary:
