@@ -137,21 +137,31 @@ def parse_payload(body: bytes, *, received_at: float | None = None) -> Event | N
                 raise PayloadError(
                     f"{action}: field '{key}' must be an object, got {_kind(value)}."
                 )
-            if key != "project" and "id" not in value:
-                raise PayloadError(f"{action}: field '{key}' has no 'id'.")
+            if key != "project":
+                _check_id(value, f"{action}: field '{key}'")
         else:
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise PayloadError(
                     f"{action}: field '{key}' must be a list of objects, got {_kind(value)}."
                 )
             for i, v in enumerate(value):
-                if "id" not in v:
-                    raise PayloadError(f"{action}: field '{key}[{i}]' has no 'id'.")
+                _check_id(v, f"{action}: field '{key}[{i}]'")
         if key != "project":
             out[key] = value
     if action == "PROJECT_DELETED" and project is None:
         raise PayloadError("PROJECT_DELETED: field 'project.id' is missing.")
     return Event(action, project, out, received_at or time.time())
+
+
+def _check_id(obj: Mapping[str, Any], where: str) -> None:
+    for key in ("id", "task", "project"):
+        value = obj.get(key)
+        if key == "id" and value is None:
+            raise PayloadError(f"{where} has no 'id'.")
+        if key == "project" and isinstance(value, dict):
+            continue
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise PayloadError(f"{where}.{key} must be an integer, got {value!r:.40}.")
 
 
 def _project_id(value: Any) -> int | None:
@@ -184,7 +194,18 @@ class Journal:
         self.committed = self._read_committed()
         pending = self.pending()
         self._seq = max([self.committed, *(e.seq for e in pending)])
+        self._cut_torn_tail()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line a crash left half-written (it was never acknowledged), so the
+        next event starts on a line of its own."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
 
     def _read_committed(self) -> int:
         try:
@@ -229,12 +250,29 @@ class Journal:
                 self._file.close()
                 self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
 
+    def quarantine(self, event: Event, exc: BaseException) -> None:
+        """Keep an event that cannot be applied, with the error, for a person to look at."""
+        with self._lock, open(self.dir / "quarantine.jsonl", "a", encoding="utf-8") as f:
+            f.write(
+                json.dumps(
+                    {"error": f"{type(exc).__name__}: {exc}", "event": json.loads(event.to_json())}
+                )
+                + "\n"
+            )
+
     def close(self) -> None:
         with self._lock:
             self._file.close()
 
 
 # --- the server --------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    # Label Studio posts one connection per event and never retries: a burst must queue in
+    # the listen backlog, not be reset (the default backlog is 5)
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 @dataclass
@@ -244,6 +282,7 @@ class Stats:
     accepted: int = 0
     ignored: int = 0
     rejected: int = 0
+    quarantined: int = 0
     committed: int = 0
     commits: int = 0
     last_error: str | None = None
@@ -251,6 +290,17 @@ class Stats:
 
 
 Apply = Callable[[Sequence[Event]], None]
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether retrying later may help. Only errors that say the event's data is wrong
+    (a spacesql data error, ValueError/TypeError/KeyError/AssertionError) are not: an event
+    failing that way on its own is set aside instead of blocking the others."""
+    from spacesql.errors import CommitConflictError, SpaceSQLError
+
+    if isinstance(exc, CommitConflictError):
+        return True
+    return not isinstance(exc, (SpaceSQLError, ValueError, TypeError, KeyError, AssertionError))
 
 
 class Receiver:
@@ -301,7 +351,7 @@ class Receiver:
         self._queue: queue.Queue[Event] = queue.Queue()
         self._stop = threading.Event()
         self._idle = threading.Condition()
-        self._server = ThreadingHTTPServer((host, port), self._handler())
+        self._server = _Server((host, port), self._handler())
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
         for event in self.journal.pending():  # accepted before a crash, not committed
@@ -348,7 +398,23 @@ class Receiver:
 
     # --- committing ------------------------------------------------------------------
 
+    def _apply_singly(self, batch: list[Event]) -> bool:
+        """Apply events one by one, setting aside (``quarantine.jsonl``) those that fail on
+        their own with an error that retrying cannot fix, so one bad event cannot block the
+        others. False if an error looked transient (the batch is retried later)."""
+        for event in batch:
+            try:
+                self.apply([event])
+            except Exception as exc:
+                if _transient(exc):
+                    return False
+                self.journal.quarantine(event, exc)
+                self.stats.quarantined += 1
+                log.error("webhook event %d (%s) set aside: %s", event.seq, event.action, exc)
+        return True
+
     def _commit_loop(self) -> None:
+        failures = 0
         backoff = 0.1
         batch: list[Event] = []
         while not self._stop.is_set() or batch or not self._queue.empty():
@@ -371,10 +437,15 @@ class Receiver:
             except Exception as exc:  # keep the events; try again (never drop accepted ones)
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("committing %d webhook event(s) failed; retrying", len(batch))
-                if self._stop.wait(backoff) and backoff > 5:
-                    return  # stopping, and the table keeps failing: the journal keeps them
-                backoff = min(backoff * 2, 10.0)
-                continue
+                failures += 1
+                if failures >= 3 and not _transient(exc) and self._apply_singly(batch):
+                    failures = 0  # the events that fail on their own were set aside
+                else:
+                    if self._stop.wait(backoff) and backoff > 5:
+                        return  # stopping, and the table keeps failing: the journal keeps them
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+            failures = 0
             backoff = 0.1
             self.stats.committed += len(batch)
             self.stats.commits += 1
@@ -398,7 +469,7 @@ class Receiver:
         if event is None:
             self.stats.ignored += 1
             return 200, {"status": "ignored"}
-        if not event.body and event.action != "PROJECT_DELETED":
+        if not event.body and (event.action != "PROJECT_DELETED" or event.project is None):
             self.stats.ignored += 1
             return 202, {
                 "status": "ignored",
@@ -439,6 +510,7 @@ class Receiver:
                             "commits": s.commits,
                             "ignored": s.ignored,
                             "rejected": s.rejected,
+                            "quarantined": s.quarantined,
                             "pending": receiver._queue.qsize(),
                             "last_error": s.last_error,
                         },

@@ -86,6 +86,8 @@ class SyncSummary:
 class _Pending:
     task: dict[str, Any] | None = None
     annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Annotations of this batch deleted later in the same batch.
+    dropped: set[int] = field(default_factory=set)
 
 
 def _ts(value: Any) -> dt.datetime:
@@ -156,7 +158,8 @@ def apply_events(con: Connection, table: str, events: Sequence[Event]) -> SyncSu
                 aid = int(ann["id"])
                 ann_deleted[aid] = when
                 for slot in pending.values():
-                    slot.annotations.pop(aid, None)
+                    if slot.annotations.pop(aid, None) is not None:
+                        slot.dropped.add(aid)
         elif event.action == "TASKS_DELETED":
             for task in body["tasks"]:
                 tid = int(task["id"])
@@ -212,6 +215,25 @@ def _write_tombstones(
     )
     if not rows:
         return
+    name = tombstone_table(table)
+    existing = _query(
+        con,
+        f'SELECT kind, id, deleted_at FROM "{name}"',
+        {},
+    )
+    known = {
+        (k, i): w
+        for k, i, w in zip(
+            existing.column("kind").to_pylist(),
+            existing.column("id").to_pylist(),
+            existing.column("deleted_at").to_pylist(),
+            strict=True,
+        )
+    }
+    # a replayed delete is not news: only new tombstones or later deletions are written
+    rows = [r for r in rows if (r[0], r[1]) not in known or known[(r[0], r[1])] < r[3]]
+    if not rows:
+        return
     data = pa.table(
         {
             "kind": [r[0] for r in rows],
@@ -221,7 +243,7 @@ def _write_tombstones(
         },
         schema=TOMBSTONES,
     )
-    con.dataset(tombstone_table(table)).local().upsert(data)
+    con.dataset(name).local().upsert(data)
 
 
 def _read_tombstones(
@@ -412,57 +434,62 @@ def _merge(
     fresh: dict[str, Any] | None,
     ann_deleted: Mapping[int, dt.datetime],
 ) -> dict[str, Any]:
-    """The task's new row: stored row + newer task fields + newer annotations - deleted."""
-    if row is None or _other_task(row, slot, fresh):
+    """The task's new row: stored row + strictly newer task fields + strictly newer
+    annotations - deleted ones (a replayed event changes nothing)."""
+    relation = "new" if row is None else _relation(row, slot, fresh)
+    if relation == "older":  # a late event about an earlier task that had this id
+        assert row is not None
+        return row
+    if row is None or relation == "other":
         # a new task, or Label Studio re-used the id of a task deleted unseen (delete-all,
         # or while the receiver was down): nothing of the stored row belongs to it
         assert fresh is not None
         out = dict(fresh)
         out["source_format"] = "WEBHOOK"
+        if slot is not None and slot.dropped:
+            _count(out)
         return out
     out = dict(row)
-    newer = fresh is not None and _newer(
-        {"updated_at": row.get("updated_at")}, {"updated_at": fresh.get("updated_at")}
-    )
-    if slot is not None and fresh is not None and slot.task is not None and newer:
+    task_is_newer = fresh is not None and _ts(fresh.get("updated_at")) > _ts(row.get("updated_at"))
+    if slot is not None and slot.task is not None and fresh is not None and task_is_newer:
         for k, v in fresh.items():
-            if k not in (
-                "annotations",
-                "predictions",
-                "prediction_ids",
-                "drafts",
-                "draft_ids",
-                "source_format",
-            ):
+            if k not in _KEPT:
                 out[k] = v
-    anns = {a["id"]: a for a in (row.get("annotations") or [])}
-    for aid in list(anns):
-        if aid in ann_deleted:
-            del anns[aid]
+    stored = row.get("annotations") or []
+    anns = {a["id"]: a for a in stored if a["id"] not in ann_deleted}
     for ann in (fresh or {}).get("annotations") or []:
         old = anns.get(ann["id"])
-        if old is None or (ann.get("updated_at") or _EPOCH) >= (old.get("updated_at") or _EPOCH):
+        if old is None or _ts(ann.get("updated_at")) > _ts(old.get("updated_at")):
             anns[ann["id"]] = ann
     out["annotations"] = [anns[k] for k in sorted(anns)]
-    if len(anns) < len(row.get("annotations") or []):
-        # deletions carry only ids: keep the counters true to the annotations that remain
-        cancelled = sum(1 for a in out["annotations"] if a.get("was_cancelled"))
-        out["cancelled_annotations"] = cancelled
-        out["total_annotations"] = len(out["annotations"]) - cancelled
-    if out["annotations"] == (row.get("annotations") or []) and out == row:
-        return row
-    return out
+    if len(anns) < len(stored) or (slot is not None and slot.dropped):
+        _count(out)  # deletions carry only ids: keep the counters true to what remains
+    return row if out == row else out
 
 
-def _other_task(
+#: Row columns a webhook task does not carry: kept from the stored row.
+_KEPT = frozenset(
+    {"annotations", "predictions", "prediction_ids", "drafts", "draft_ids", "source_format"}
+)
+
+
+def _count(row: dict[str, Any]) -> None:
+    cancelled = sum(1 for a in row["annotations"] or [] if a.get("was_cancelled"))
+    row["cancelled_annotations"] = cancelled
+    row["total_annotations"] = len(row["annotations"] or []) - cancelled
+
+
+def _relation(
     row: Mapping[str, Any], slot: _Pending | None, fresh: Mapping[str, Any] | None
-) -> bool:
-    """Whether an event's task is another task than the stored row with the same id
-    (created at another time)."""
+) -> str:
+    """How an event's task relates to the stored row with its id: ``same`` task, an
+    ``other`` (newer) task that re-uses the id, or an ``older`` one (a late event)."""
     if slot is None or slot.task is None or fresh is None:
-        return False
+        return "same"
     stored, incoming = row.get("created_at"), fresh.get("created_at")
-    return stored is not None and incoming is not None and stored != incoming
+    if stored is None or incoming is None or stored == incoming:
+        return "same"
+    return "other" if _ts(incoming) > _ts(stored) else "older"
 
 
 def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) -> SyncSummary:

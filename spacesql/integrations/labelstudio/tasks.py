@@ -46,22 +46,126 @@ def _json(value: Any) -> Any:
 
 
 def _results(items: Iterable[Any] | str | None) -> list[Any]:
-    """Result items as Label Studio stores them."""
+    """Result items as Label Studio stores them.
+
+    Raises:
+        SchemaError: Not a list of result objects.
+    """
     if items is None:
         return []
     if isinstance(items, str):
-        parsed = json.loads(items)
-        if not isinstance(parsed, list):
-            raise SchemaError(f"A result must be a JSON list of result items, got {items[:80]!r}.")
-        return parsed
+        try:
+            parsed = json.loads(items)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(
+                f"A result must be JSON text of a list of result items; {exc.msg} at "
+                f"position {exc.pos} of {items[:80]!r}."
+            ) from None
+        items = parsed
+    if not isinstance(items, (list, tuple)):
+        raise SchemaError(
+            f"A result must be a list of result items, got {type(items).__name__}: {items!r:.80}."
+        )
     out = []
     for item in items:
-        if isinstance(item, Mapping) and item.get("raw_json"):
+        if isinstance(item, str):
+            try:
+                item = json.loads(item)
+            except json.JSONDecodeError:
+                pass  # reported below as not an object
+        if not isinstance(item, Mapping):
+            raise SchemaError(
+                f"Each result item must be an object (from_name, to_name, type, value), got "
+                f"{item!r:.80}."
+            )
+        if item.get("raw_json"):  # a result struct of the schema: exactly what was stored
             out.append(json.loads(item["raw_json"]))
-        elif isinstance(item, Mapping):
-            out.append({k: v for k, v in item.items() if v is not None})
+        elif "raw_json" in item or set(item) & (_VALUE_FIELDS - {"text"}):
+            out.append(_from_typed(item))  # typed fields only (e.g. built by a query)
+        else:  # already in Label Studio's shape
+            out.append({k: _plain(v) for k, v in item.items() if v is not None})
+    return out
+
+
+#: Typed result columns of the schema that live inside Label Studio's ``value``.
+_VALUE_FIELDS = frozenset(
+    {
+        "labels",
+        "choices",
+        "text",
+        "taxonomy",
+        "x",
+        "y",
+        "width",
+        "height",
+        "rotation",
+        "radius_x",
+        "radius_y",
+        "points",
+        "span_start",
+        "span_end",
+        "span_start_ref",
+        "span_end_ref",
+        "start_offset",
+        "end_offset",
+        "rating",
+        "number",
+        "datetime",
+        "selected",
+    }
+)
+_ENVELOPE = {
+    "id": "id",
+    "type": "type",
+    "from_name": "from_name",
+    "to_name": "to_name",
+    "origin": "origin",
+    "score": "score",
+    "parent_id": "parentID",
+    "item_index": "item_index",
+    "original_width": "original_width",
+    "original_height": "original_height",
+    "image_rotation": "image_rotation",
+    "from_id": "from_id",
+    "to_id": "to_id",
+    "direction": "direction",
+}
+_VALUE_NAMES = {
+    "radius_x": "radiusX",
+    "radius_y": "radiusY",
+    "span_start": "start",
+    "span_end": "end",
+    "span_start_ref": "start",
+    "span_end_ref": "end",
+    "start_offset": "startOffset",
+    "end_offset": "endOffset",
+}
+
+
+def _from_typed(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A result item built from the schema's typed fields (no ``raw_json``), in Label
+    Studio's shape: envelope keys at the top, the region and its labels in ``value``."""
+    out: dict[str, Any] = {
+        name: _plain(item[key]) for key, name in _ENVELOPE.items() if item.get(key) is not None
+    }
+    kind = str(item.get("type") or "")
+    value: dict[str, Any] = {}
+    for key in sorted(_VALUE_FIELDS):
+        v = item.get(key)
+        if v is None:
+            continue
+        if key == "labels":
+            # the label list is named after the control type (rectanglelabels, labels, ...)
+            value[kind if kind.endswith("labels") else "labels"] = list(v)
+        elif key == "text":
+            value["text"] = list(v)
         else:
-            out.append(_json(item))
+            value[_VALUE_NAMES.get(key, key)] = _plain(v)
+    if kind == "relation":
+        if "labels" in value:
+            out["labels"] = value.pop("labels")
+        return out
+    out["value"] = value
     return out
 
 
@@ -69,7 +173,7 @@ def _annotation(ann: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"result": _results(ann.get("result"))}
     for key in ("was_cancelled", "ground_truth", "lead_time", "completed_by"):
         if ann.get(key) is not None:
-            out[key] = ann[key]
+            out[key] = _plain(ann[key])
     return out
 
 
@@ -78,7 +182,7 @@ def _prediction(pred: Mapping[str, Any]) -> dict[str, Any]:
     if pred.get("model_version") is not None:
         out["model_version"] = pred["model_version"]
     if pred.get("score") is not None:
-        out["score"] = pred["score"]
+        out["score"] = _plain(pred["score"])
     return out
 
 
@@ -136,7 +240,7 @@ def to_tasks(
                 if version is not None:
                     made["model_version"] = version
                 if row.get("score") is not None:
-                    made["score"] = row["score"]
+                    made["score"] = _plain(row["score"])
             task.setdefault(as_, []).append(made)
         tasks.append(task)
     return tasks
