@@ -14,6 +14,7 @@ Two kinds of rows are understood:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -69,10 +70,8 @@ def _results(items: Iterable[Any] | str | None) -> list[Any]:
     out = []
     for item in items:
         if isinstance(item, str):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # else: reported below
                 item = json.loads(item)
-            except json.JSONDecodeError:
-                pass  # reported below as not an object
         if not isinstance(item, Mapping):
             raise SchemaError(
                 f"Each result item must be an object (from_name, to_name, type, value), got "
