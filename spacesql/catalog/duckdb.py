@@ -138,17 +138,17 @@ class Registrar:
                 )
             )
         if holey:
-            names, rows = [], []
-            for e in holey:
+            codes, rows = [], []
+            for i, e in enumerate(holey):
                 dv = read_deletes(table.store, e)
-                names.append(np.full(len(dv.positions), str(root / e.path), dtype=object))
+                codes.append(np.full(len(dv.positions), i, dtype=np.int32))
                 rows.append(dv.positions)
-            deleted = pa.table(
-                {
-                    _FILENAME: pa.array(np.concatenate(names), pa.string()),
-                    _ROW: pa.array(np.concatenate(rows), pa.int64()),
-                }
-            )
+            # file names as a dictionary decoded by Arrow (no Python string per deleted row)
+            files = pa.DictionaryArray.from_arrays(
+                pa.array(np.concatenate(codes), pa.int32()),
+                pa.array([str(root / e.path) for e in holey], pa.string()),
+            ).cast(pa.string())
+            deleted = pa.table({_FILENAME: files, _ROW: pa.array(np.concatenate(rows), pa.int64())})
             keep.append(deleted)
             scan = self.con.read_parquet(
                 [str(root / e.path) for e in holey],

@@ -16,7 +16,7 @@ insert; those pairs cancel, so the diff is the net change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +65,12 @@ def _file_changes(
         yield "delete", start, all_pos[live], np.full(int(live.sum()), -1)
         return
     dv_start, dv_end = _dv(scanner, start), _dv(scanner, end)
-    deleted = np.setdiff1d(dv_end.positions, dv_start.positions)
+    # deletion vectors hold sorted unique positions
+    deleted = np.setdiff1d(dv_end.positions, dv_start.positions, assume_unique=True)
     if len(deleted):
         snaps = dv_end.snapshots[np.searchsorted(dv_end.positions, deleted)]
         yield "delete", end, deleted, snaps
-    revived = np.setdiff1d(dv_start.positions, dv_end.positions)
+    revived = np.setdiff1d(dv_start.positions, dv_end.positions, assume_unique=True)
     if len(revived):
         yield "insert", end, revived, np.full(len(revived), start_id)
 
@@ -82,8 +83,10 @@ def diff_states(
     *,
     end_id: int,
     removals: Mapping[str, tuple[int, FileEntry]] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[ChangeSet]:
-    """Inserted and deleted rows going from ``start`` to ``end``.
+    """Inserted and deleted rows going from ``start`` to ``end`` (all columns, or
+    ``columns``: a multiset difference over those columns).
 
     ``removals`` maps a file that left the state (all its rows deleted) to the snapshot that
     removed it and its entry just before, so each of its rows gets the exact deleting snapshot.
@@ -99,11 +102,13 @@ def diff_states(
             if len(pos) == 0:
                 continue
             scanner = scanner_end if kind == "insert" or b is not None else scanner_start
-            rows = scanner.take_rows(entry, pos)
+            rows = scanner.take_rows(entry, pos, columns)
             if kind == "delete" and b is None:
                 snaps = _removal_snapshots(scanner_start, path, pos, removals or {}, end_id)
             (inserted if kind == "insert" else deleted).append((rows, snaps))
     schema = scanner_end.schema
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
     ins = _concat(inserted, schema)
     dels = _concat(deleted, schema)
     if ins[0].num_rows and dels[0].num_rows:

@@ -177,8 +177,15 @@ class LocalRunner:
         with self.random_access(fields=fields, version=version) as ra:
             return ra.take(indices)
 
-    def diff(self, start: Version, end: Version | None = None) -> Iterator[ChangeSet]:
-        """Rows deleted and inserted going from version ``start`` to ``end``."""
+    def diff(
+        self,
+        start: Version,
+        end: Version | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[ChangeSet]:
+        """Rows deleted and inserted going from version ``start`` to ``end`` (only
+        ``columns`` of them, if given: less is read)."""
         a, b = self._ds.snapshot(start), self._ds.snapshot(end)
         t = self._table
         state_a, state_b = t.state(a), t.state(b)
@@ -190,6 +197,7 @@ class LocalRunner:
             state_b,
             end_id=b.snapshot_id,
             removals=t.removals(a, b, gone) if gone else None,
+            columns=columns,
         )
 
     def changes(self, start: Version, end: Version | None = None) -> pa.Table:

@@ -231,10 +231,14 @@ class Scanner:
         """Physical positions (column ``__spacesql_pos``) of live matching rows of a file."""
         return self._file_table(entry, list(columns), filter_, positions=True)
 
-    def take_rows(self, entry: FileEntry, positions: np.ndarray) -> pa.Table:
-        """Full logical rows at physical positions of one file (deleted or not)."""
+    def take_rows(
+        self, entry: FileEntry, positions: np.ndarray, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """Logical rows at physical positions of one file (deleted or not), all columns or
+        ``columns``: only those columns and the row groups holding the positions are read."""
         ds = pads.dataset(self.store.abs(entry.path), schema=self.physical, format="parquet")
-        table = ds.to_table().take(pa.array(positions, type=pa.int64()))
+        names = [c for c in (columns or self.physical.names) if c in self.physical.names]
+        table = ds.take(pa.array(positions, type=pa.int64()), columns=names)
         reader = RecordReader(str(self.store.root))
         try:
             return self._resolve_records(table, reader)

@@ -62,9 +62,7 @@ class Plan:
     def is_noop(self) -> bool:
         # properties alone make a commit: a refresh that changes no rows still records the
         # source snapshots it now reflects
-        return (
-            not self.adds and not self.removes and self.schema_id is None and not self.properties
-        )
+        return not self.adds and not self.removes and self.schema_id is None and not self.properties
 
 
 #: Computes a plan against (table, head record, head state, writer); None means nothing to do.

@@ -199,8 +199,11 @@ class Connection:
             raise SqlError(
                 f"'{decision.table}' is a materialized view: its rows come from its query. "
                 f"Change its sources and run REFRESH MATERIALIZED VIEW {decision.table}"
-                + (f", or DROP MATERIALIZED VIEW {decision.table}." if decision.kind == "drop"
-                   else ".")
+                + (
+                    f", or DROP MATERIALIZED VIEW {decision.table}."
+                    if decision.kind == "drop"
+                    else "."
+                )
             )
 
         for attempt in range(20):

@@ -62,7 +62,7 @@ LINEAGE_PROPERTY = "spacesql.sources"
 #: A refresh recomputes in full when the changed rows exceed this fraction of the sources'
 #: rows (measured in benchmarks/test_bench_mview.py: past it, merging costs more than
 #: recomputing).
-FULL_FRACTION = 0.2
+FULL_FRACTION = 0.03
 #: ... but never below this many changed rows (small changes are always cheap to merge).
 FULL_MIN_ROWS = 10_000
 _DEFINITION_FORMAT = 1
@@ -286,6 +286,7 @@ class ViewManager:
             "query": sql(plan.visible if plan.visible is not None else query),
             "sources": sources,
             "primary_key": list(primary_key),
+            "columns": [c for c in data.column_names if not is_hidden(c)],
         }
         props = _lineage_properties(targets)
 
@@ -329,18 +330,28 @@ class ViewManager:
                 names.append(t.name)
         return names
 
-    def _plan(self, query: exp.Expr, targets: Mapping[str, SourceVersion], *, view: str) -> Plan:
-        bound = self._bound(query, {n: v.snapshot for n, v in targets.items()})
-        try:
-            columns = list(self.con.sql(sql(bound)).columns)
-        except Exception as exc:  # duckdb.Error: binding failed
-            raise MaterializedViewError(
-                f"Materialized view '{view}': its query does not run against its sources: "
-                f"{exc}. The view keeps its data; re-create it with CREATE OR REPLACE "
-                "MATERIALIZED VIEW."
-            ) from exc
+    def _plan(
+        self,
+        query: exp.Expr,
+        targets: Mapping[str, SourceVersion],
+        *,
+        view: str,
+        columns: list[str] | None = None,
+    ) -> Plan:
+        """Analyze a view's query. ``columns``: its output names when known (stored with the
+        view), else DuckDB binds the query to name them."""
+        if columns is None:
+            bound = self._bound(query, {n: v.snapshot for n, v in targets.items()})
+            try:
+                columns = list(self.con.sql(sql(bound)).columns)
+            except Exception as exc:  # duckdb.Error: binding failed
+                raise MaterializedViewError(
+                    f"Materialized view '{view}': its query does not run against its sources: "
+                    f"{exc}. The view keeps its data; re-create it with CREATE OR REPLACE "
+                    "MATERIALIZED VIEW."
+                ) from exc
         hidden = [c for c in columns if is_hidden(c)]
-        if hidden:
+        if hidden:  # only at creation: stored names never have them
             raise MaterializedViewError(
                 f"Column names starting with '__spacesql_' are reserved: {hidden}."
             )
@@ -433,7 +444,10 @@ class ViewManager:
                     "=> ...) at a view snapshot that reflects it."
                 )
         query = parse(str(definition["query"]))[0]
-        plan = self._plan(query, targets, view=name)
+        stored = definition.get("columns")
+        plan = self._plan(
+            query, targets, view=name, columns=list(stored) if stored is not None else None
+        )
         result.rule = _rule(plan)
         if targets == reflected and not full:
             result.reason = "the view already reflects these source snapshots"
@@ -452,26 +466,40 @@ class ViewManager:
         changes: dict[str, _Change] = {}
         if not reason:
             try:
+                estimate = sum(
+                    _changed_rows(self.host.dataset(n), reflected[n].snapshot, t.snapshot)
+                    for n, t in targets.items()
+                )
+            except SnapshotNotFoundError as exc:
+                reason = f"a reflected source snapshot is gone ({exc})"
+            else:
+                total = sum(
+                    self.host.dataset(n).snapshot(t.snapshot).summary.total_rows
+                    for n, t in targets.items()
+                )
+                limit = max(self.full_fraction * total, FULL_MIN_ROWS)
+                result.changed_rows = estimate
+                if estimate > limit:
+                    reason = (
+                        f"about {estimate} changed source rows are more than "
+                        f"{self.full_fraction:.0%} of {total}: recomputing is cheaper"
+                    )
+        if not reason:
+            assert not isinstance(plan, FullPlan)
+            needed = _columns_used(plan)
+            try:
                 for n, target in targets.items():
                     if reflected[n].snapshot != target.snapshot:
                         step(f"reading changes of {n}")
                         changes[n] = _diff(
-                            self.host.dataset(n), reflected[n].snapshot, target.snapshot
+                            self.host.dataset(n),
+                            reflected[n].snapshot,
+                            target.snapshot,
+                            columns=needed.get(n),
                         )
             except SnapshotNotFoundError as exc:
                 reason = f"a reflected source snapshot is gone ({exc})"
-        result.changed_rows = sum(c.rows for c in changes.values())
-        if not reason:
-            total = sum(
-                self.host.dataset(n).snapshot(t.snapshot).summary.total_rows
-                for n, t in targets.items()
-            )
-            limit = max(self.full_fraction * total, FULL_MIN_ROWS)
-            if result.changed_rows > limit:
-                reason = (
-                    f"{result.changed_rows} changed source rows are more than "
-                    f"{self.full_fraction:.0%} of {total}: recomputing is cheaper"
-                )
+            result.changed_rows = sum(c.rows for c in changes.values())
         if not reason and isinstance(plan, AggregatePlan) and not plan.body.root_keys:
             others = [n for n in changes if n != plan.body.root_table]
             if others:
@@ -766,11 +794,42 @@ class ViewManager:
 _MERGE_EXTRA = (FILE_COLUMN, POSITION_COLUMN, "__spacesql_recompute")
 
 
-def _diff(ds: Dataset, start: int, end: int) -> _Change:
+def _changed_rows(ds: Dataset, start: int, end: int) -> int:
+    """Rows added plus rows deleted by the commits after ``start`` up to ``end`` (from the
+    snapshot records alone: an upper bound of the diff's size, known before reading it)."""
+    total = 0
+    record = ds.snapshot(end)
+    while record.snapshot_id > start and record.parent_id is not None:
+        total += record.summary.added_rows + record.summary.deleted_rows
+        record = ds.snapshot(record.parent_id)
+    if record.snapshot_id != start:  # not an ancestor (another branch): count both states
+        return ds.snapshot(start).summary.total_rows + ds.snapshot(end).summary.total_rows
+    return total
+
+
+def _columns_used(plan: RowPlan | AggregatePlan) -> dict[str, list[str]]:
+    """Per source table: the columns the query reads from it, and its key."""
+    branches = plan.branches if isinstance(plan, RowPlan) else [plan.body]
+    out: dict[str, set[str]] = {}
+    for branch in branches:
+        out.setdefault(branch.root_table, set()).update(branch.root_keys)
+        query = branch.full if branch.full is not None else branch.select
+        nodes = [query, plan.query] if isinstance(plan, AggregatePlan) else [query]
+        for node in nodes:
+            for column in node.find_all(exp.Column):
+                table = branch.tables.get(column.table)
+                if table is not None:
+                    out.setdefault(table, set()).add(column.name)
+    return {t: sorted(c) for t, c in out.items()}
+
+
+def _diff(ds: Dataset, start: int, end: int, *, columns: list[str] | None = None) -> _Change:
     deleted: list[pa.Table] = []
     inserted: list[pa.Table] = []
     schema = ds.local().scanner(end).schema
-    for cs in ds.local().diff(start, end):
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    for cs in ds.local().diff(start, end, columns=columns):
         (deleted if cs.change_type == "delete" else inserted).append(cs.data)
     return _Change(
         pa.concat_tables(deleted) if deleted else schema.empty_table(),
