@@ -54,15 +54,14 @@ def _file_changes(
     entry = end or start
     assert entry is not None
     n = entry.num_rows
-    all_pos = np.arange(n, dtype=np.int64)
     if start is None:
         assert end is not None
-        live = _dv(scanner, end).live_mask(n)
-        yield "insert", end, all_pos[live], np.full(int(live.sum()), end.added_snapshot)
+        live = np.flatnonzero(_dv(scanner, end).live_mask(n)).astype(np.int64)
+        yield "insert", end, live, np.full(len(live), end.added_snapshot)
         return
     if end is None:
-        live = _dv(scanner, start).live_mask(n)
-        yield "delete", start, all_pos[live], np.full(int(live.sum()), -1)
+        live = np.flatnonzero(_dv(scanner, start).live_mask(n)).astype(np.int64)
+        yield "delete", start, live, np.full(len(live), -1)
         return
     dv_start, dv_end = _dv(scanner, start), _dv(scanner, end)
     # deletion vectors hold sorted unique positions
@@ -84,9 +83,15 @@ def diff_states(
     end_id: int,
     removals: Mapping[str, tuple[int, FileEntry]] | None = None,
     columns: Sequence[str] | None = None,
+    deleted_columns: Sequence[str] | None = None,
+    cancel: bool = True,
 ) -> Iterator[ChangeSet]:
     """Inserted and deleted rows going from ``start`` to ``end`` (all columns, or
     ``columns``: a multiset difference over those columns).
+
+    ``deleted_columns`` reads fewer columns of deleted rows (e.g. only the key); ``cancel``
+    False keeps pairs of identical deleted and inserted rows (a rewrite shows as both), for
+    callers to whom such pairs are harmless and the comparison is wasted work.
 
     ``removals`` maps a file that left the state (all its rows deleted) to the snapshot that
     removed it and its entry just before, so each of its rows gets the exact deleting snapshot.
@@ -102,16 +107,19 @@ def diff_states(
             if len(pos) == 0:
                 continue
             scanner = scanner_end if kind == "insert" or b is not None else scanner_start
-            rows = scanner.take_rows(entry, pos, columns)
+            wanted = columns if kind == "insert" or deleted_columns is None else deleted_columns
+            rows = scanner.take_rows(entry, pos, wanted)
             if kind == "delete" and b is None:
                 snaps = _removal_snapshots(scanner_start, path, pos, removals or {}, end_id)
             (inserted if kind == "insert" else deleted).append((rows, snaps))
-    schema = scanner_end.schema
-    if columns is not None:
-        schema = pa.schema([schema.field(c) for c in columns])
+    full = scanner_end.schema
+    schema = full if columns is None else pa.schema([full.field(c) for c in columns])
+    del_schema = (
+        schema if deleted_columns is None else pa.schema([full.field(c) for c in deleted_columns])
+    )
     ins = _concat(inserted, schema)
-    dels = _concat(deleted, schema)
-    if ins[0].num_rows and dels[0].num_rows:
+    dels = _concat(deleted, del_schema)
+    if cancel and ins[0].num_rows and dels[0].num_rows and schema == del_schema:
         ins, dels = _cancel(ins, dels)
     if dels[0].num_rows:
         yield ChangeSet("delete", dels[0], dels[1])

@@ -183,9 +183,19 @@ class LocalRunner:
         end: Version | None = None,
         *,
         columns: Sequence[str] | None = None,
+        deleted_columns: Sequence[str] | None = None,
+        cancel: bool = True,
     ) -> Iterator[ChangeSet]:
-        """Rows deleted and inserted going from version ``start`` to ``end`` (only
-        ``columns`` of them, if given: less is read)."""
+        """Rows deleted and inserted going from version ``start`` to ``end``.
+
+        Args:
+            start: The older version.
+            end: The newer version (default: the head).
+            columns: Read only these columns (less is read).
+            deleted_columns: Read only these columns of deleted rows (e.g. the key).
+            cancel: Drop pairs of identical deleted and inserted rows (a multiset
+                difference); False keeps them and skips the comparison.
+        """
         a, b = self._ds.snapshot(start), self._ds.snapshot(end)
         t = self._table
         state_a, state_b = t.state(a), t.state(b)
@@ -198,6 +208,8 @@ class LocalRunner:
             end_id=b.snapshot_id,
             removals=t.removals(a, b, gone) if gone else None,
             columns=columns,
+            deleted_columns=deleted_columns,
+            cancel=cancel,
         )
 
     def changes(self, start: Version, end: Version | None = None) -> pa.Table:

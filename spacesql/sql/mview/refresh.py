@@ -496,6 +496,8 @@ class ViewManager:
                             reflected[n].snapshot,
                             target.snapshot,
                             columns=needed.get(n),
+                            # row views need only the keys of deleted root rows
+                            deleted_columns=_deleted_columns(plan, n),
                         )
             except SnapshotNotFoundError as exc:
                 reason = f"a reflected source snapshot is gone ({exc})"
@@ -823,16 +825,44 @@ def _columns_used(plan: RowPlan | AggregatePlan) -> dict[str, list[str]]:
     return {t: sorted(c) for t, c in out.items()}
 
 
-def _diff(ds: Dataset, start: int, end: int, *, columns: list[str] | None = None) -> _Change:
+def _deleted_columns(plan: RowPlan | AggregatePlan, table: str) -> list[str] | None:
+    """Columns of deleted rows a refresh needs: for a row view whose only use of ``table``
+    is as a root, its key (the view rows of those roots are deleted); else all used ones."""
+    if not isinstance(plan, RowPlan):
+        return None
+    keys: set[str] = set()
+    for branch in plan.branches:
+        others = [a for a, t in branch.tables.items() if t == table and a != branch.root]
+        if others or (branch.root_table == table and not branch.root_keys):
+            return None
+        if branch.root_table == table:
+            keys.update(branch.root_keys)
+    return sorted(keys) if keys else None
+
+
+def _diff(
+    ds: Dataset,
+    start: int,
+    end: int,
+    *,
+    columns: list[str] | None = None,
+    deleted_columns: list[str] | None = None,
+) -> _Change:
+    """The rows of ``ds`` changed between two snapshots. Pairs of identical deleted and
+    inserted rows are kept (no comparison): applying both gives the same view."""
     deleted: list[pa.Table] = []
     inserted: list[pa.Table] = []
-    schema = ds.local().scanner(end).schema
-    if columns is not None:
-        schema = pa.schema([schema.field(c) for c in columns])
-    for cs in ds.local().diff(start, end, columns=columns):
+    full = ds.local().scanner(end).schema
+    schema = full if columns is None else pa.schema([full.field(c) for c in columns])
+    del_schema = (
+        schema if deleted_columns is None else pa.schema([full.field(c) for c in deleted_columns])
+    )
+    for cs in ds.local().diff(
+        start, end, columns=columns, deleted_columns=deleted_columns, cancel=False
+    ):
         (deleted if cs.change_type == "delete" else inserted).append(cs.data)
     return _Change(
-        pa.concat_tables(deleted) if deleted else schema.empty_table(),
+        pa.concat_tables(deleted) if deleted else del_schema.empty_table(),
         pa.concat_tables(inserted) if inserted else schema.empty_table(),
     )
 
@@ -891,15 +921,26 @@ def _merge_query(plan: AggregatePlan, signed: exp.Expr, positions_view: str) -> 
     sign = _c("__spacesql_sign")
     pos, neg = sign.copy() > 0, sign.copy() < 0
     d_items: list[exp.Expr] = [exp.alias_(_c(g), g, quoted=True) for g in plan.group_columns]
-    d_items.append(exp.alias_(exp.Sum(this=sign.copy()), "__spacesql_dn", quoted=True))
+    # sums over no rows are NULL: a global aggregate whose change is all filtered out
+    # still gets its one row, with nothing to add
+    d_items.append(
+        exp.alias_(
+            exp.Coalesce(this=exp.Sum(this=sign.copy()), expressions=[exp.Literal.number(0)]),
+            "__spacesql_dn",
+            quoted=True,
+        )
+    )
     for i, spec in enumerate(plan.aggs):
         x = _c(f"__spacesql_x{i}")
         if spec.kind in ("count", "sum", "avg"):
-            dc = exp.Sum(
-                this=exp.Case(
-                    ifs=[exp.If(this=x.copy().is_(exp.null()).not_(), true=sign.copy())],
-                    default=exp.Literal.number(0),
-                )
+            dc = exp.Coalesce(
+                this=exp.Sum(
+                    this=exp.Case(
+                        ifs=[exp.If(this=x.copy().is_(exp.null()).not_(), true=sign.copy())],
+                        default=exp.Literal.number(0),
+                    )
+                ),
+                expressions=[exp.Literal.number(0)],
             )
             d_items.append(exp.alias_(dc, f"__spacesql_d{i}_c", quoted=True))
         if spec.kind in ("sum", "avg"):
