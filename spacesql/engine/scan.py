@@ -236,9 +236,30 @@ class Scanner:
     ) -> pa.Table:
         """Logical rows at physical positions of one file (deleted or not), all columns or
         ``columns``: only those columns and the row groups holding the positions are read."""
-        ds = pads.dataset(self.store.abs(entry.path), schema=self.physical, format="parquet")
         names = [c for c in (columns or self.physical.names) if c in self.physical.names]
-        table = ds.take(pa.array(positions, type=pa.int64()), columns=names)
+        pf = pq.ParquetFile(self.store.abs(entry.path))
+        meta = pf.metadata
+        starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        positions = np.asarray(positions, dtype=np.int64)
+        groups = np.unique(np.searchsorted(starts, positions, side="right") - 1)
+        present = [c for c in names if c in pf.schema_arrow.names]
+        part = pf.read_row_groups(groups.tolist(), columns=present, use_threads=True)
+        # positions in the rows read: the groups read are consecutive in the result
+        offsets = np.zeros(meta.num_row_groups, dtype=np.int64)
+        offsets[groups] = np.cumsum([0] + [starts[g + 1] - starts[g] for g in groups[:-1]])
+        group_of = np.searchsorted(starts, positions, side="right") - 1
+        local = positions - starts[group_of] + offsets[group_of]
+        taken = part.take(pa.array(local, type=pa.int64()))
+        # columns added after this file was written read as nulls (schema evolution)
+        table = pa.Table.from_arrays(
+            [
+                taken.column(c).cast(self.physical.field(c).type)
+                if c in present
+                else pa.nulls(taken.num_rows, self.physical.field(c).type)
+                for c in names
+            ],
+            schema=pa.schema([self.physical.field(c) for c in names]),
+        )
         reader = RecordReader(str(self.store.root))
         try:
             return self._resolve_records(table, reader)
