@@ -59,10 +59,14 @@ __all__ = [
 
 #: Snapshot property of a view: the source snapshots it reflects.
 LINEAGE_PROPERTY = "spacesql.sources"
-#: A refresh recomputes in full when the changed rows exceed this fraction of the sources'
-#: rows (measured in benchmarks/test_bench_mview.py: past it, merging costs more than
-#: recomputing).
-FULL_FRACTION = 0.03
+#: A refresh recomputes in full when the changed rows exceed a fraction of the sources' rows,
+#: by kind of plan (measured in benchmarks/test_bench_mview.py on 10M rows: row views are
+#: still 2-3x cheaper incrementally at 3% changed; merged aggregates break even near 3%;
+#: MIN/MAX and holistic aggregates rescan the groups they touch, which costs about a full
+#: recompute as soon as a deleted value was an extreme).
+FULL_FRACTIONS = {"rows": 0.08, "aggregate": 0.02, "aggregate_rescans": 0.005}
+#: The default when a plan kind is not listed.
+FULL_FRACTION = 0.02
 #: ... but never below this many changed rows (small changes are always cheap to merge).
 FULL_MIN_ROWS = 10_000
 _DEFINITION_FORMAT = 1
@@ -150,8 +154,9 @@ class ViewManager:
         self.host = host
         self._names = 0
         self._functions: tuple[frozenset[str], frozenset[str]] | None = None
-        #: Changed rows past this fraction of the sources' rows make a refresh recompute.
-        self.full_fraction = FULL_FRACTION
+        #: Changed rows past this fraction of the sources' rows make a refresh recompute
+        #: (None: per kind of plan, :data:`FULL_FRACTIONS`).
+        self.full_fraction: float | None = None
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -477,12 +482,15 @@ class ViewManager:
                     self.host.dataset(n).snapshot(t.snapshot).summary.total_rows
                     for n, t in targets.items()
                 )
-                limit = max(self.full_fraction * total, FULL_MIN_ROWS)
+                fraction = (
+                    _full_fraction(plan) if self.full_fraction is None else self.full_fraction
+                )
+                limit = max(fraction * total, FULL_MIN_ROWS)
                 result.changed_rows = estimate
                 if estimate > limit:
                     reason = (
                         f"about {estimate} changed source rows are more than "
-                        f"{self.full_fraction:.0%} of {total}: recomputing is cheaper"
+                        f"{fraction:.1%} of {total}: recomputing is cheaper"
                     )
         if not reason:
             assert not isinstance(plan, FullPlan)
@@ -794,6 +802,13 @@ class ViewManager:
 
 
 _MERGE_EXTRA = (FILE_COLUMN, POSITION_COLUMN, "__spacesql_recompute")
+
+
+def _full_fraction(plan: Plan) -> float:
+    if isinstance(plan, AggregatePlan):
+        kind = "aggregate_rescans" if plan.extremes or plan.holistic else "aggregate"
+        return FULL_FRACTIONS[kind]
+    return FULL_FRACTIONS.get(plan.kind, FULL_FRACTION)
 
 
 def _changed_rows(ds: Dataset, start: int, end: int) -> int:
