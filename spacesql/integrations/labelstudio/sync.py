@@ -329,18 +329,34 @@ def _commit(
             "__spacesql_ann": pa.table({"id": pa.array(list(ann_deleted), pa.int64())}),
             "__spacesql_projects": pa.table({"id": pa.array(list(project_deleted), pa.int64())}),
         }
-        found = _query(
-            con,
-            f'SELECT * FROM "{view}" AS t WHERE '
-            "EXISTS (SELECT 1 FROM __spacesql_keys AS k "
-            "WHERE k.project = t.project AND k.id = t.id)"
-            " OR EXISTS (SELECT 1 FROM __spacesql_dead AS d WHERE d.id = t.id AND "
-            "(d.project IS NULL OR d.project = t.project))"
-            " OR t.project IN (SELECT id FROM __spacesql_projects)"
-            " OR list_has_any(list_transform(t.annotations, lambda a: a.id),"
-            " (SELECT list(id) FROM __spacesql_ann))",
-            params,
-        )
+        # only the conditions this batch needs (fixed SQL, data in registered tables): the
+        # annotation-id test reads every row's annotations, so it runs only for deletions
+        conditions = []
+        if pending:
+            conditions.append(
+                "EXISTS (SELECT 1 FROM __spacesql_keys AS k "
+                "WHERE k.project = t.project AND k.id = t.id)"
+            )
+        if task_deleted:
+            conditions.append(
+                "EXISTS (SELECT 1 FROM __spacesql_dead AS d WHERE d.id = t.id AND "
+                "(d.project IS NULL OR d.project = t.project))"
+            )
+        if project_deleted:
+            conditions.append("t.project IN (SELECT id FROM __spacesql_projects)")
+        if ann_deleted:
+            conditions.append(
+                "list_has_any(list_transform(t.annotations, lambda a: a.id),"
+                " (SELECT list(id) FROM __spacesql_ann))"
+            )
+        if pending and len(conditions) == 1:
+            text = (
+                f'SELECT t.* FROM "{view}" AS t SEMI JOIN __spacesql_keys AS k '
+                "ON k.project = t.project AND k.id = t.id"
+            )
+        else:
+            text = f'SELECT * FROM "{view}" AS t WHERE ' + " OR ".join(conditions or ["false"])
+        found = _query(con, text, params)
     finally:
         con.unregister(view)
     from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
