@@ -311,10 +311,16 @@ def _commit(
     view = f"__spacesql_ls_{table}"
     con.register_snapshot(view, table, head.snapshot_id, positions=True)
     try:
+        # tasks holding deleted annotations: from the index where it knows them; the rest
+        # are searched in every row's annotations
+        index = _annotation_index(con, table, ds.table.info.uuid) if ann_deleted else {}
+        owners = {index[a] for a in ann_deleted if a in index}
+        unknown = [a for a in ann_deleted if a not in index]
+        fetch = list(dict.fromkeys([*pending, *owners]))
         keys = pa.table(
             {
-                "project": pa.array([k[0] for k in pending], pa.int64()),
-                "id": pa.array([k[1] for k in pending], pa.int64()),
+                "project": pa.array([k[0] for k in fetch], pa.int64()),
+                "id": pa.array([k[1] for k in fetch], pa.int64()),
             }
         )
         dead_tasks = pa.table(
@@ -326,13 +332,13 @@ def _commit(
         params = {
             "__spacesql_keys": keys,
             "__spacesql_dead": dead_tasks,
-            "__spacesql_ann": pa.table({"id": pa.array(list(ann_deleted), pa.int64())}),
+            "__spacesql_ann": pa.table({"id": pa.array(unknown, pa.int64())}),
             "__spacesql_projects": pa.table({"id": pa.array(list(project_deleted), pa.int64())}),
         }
         # only the conditions this batch needs (fixed SQL, data in registered tables): the
         # annotation-id test reads every row's annotations, so it runs only for deletions
         conditions = []
-        if pending:
+        if fetch:
             conditions.append(
                 "EXISTS (SELECT 1 FROM __spacesql_keys AS k "
                 "WHERE k.project = t.project AND k.id = t.id)"
@@ -344,12 +350,12 @@ def _commit(
             )
         if project_deleted:
             conditions.append("t.project IN (SELECT id FROM __spacesql_projects)")
-        if ann_deleted:
+        if unknown:
             conditions.append(
                 "list_has_any(list_transform(t.annotations, lambda a: a.id),"
                 " (SELECT list(id) FROM __spacesql_ann))"
             )
-        if pending and len(conditions) == 1:
+        if fetch and len(conditions) == 1:
             text = (
                 f'SELECT t.* FROM "{view}" AS t SEMI JOIN __spacesql_keys AS k '
                 "ON k.project = t.project AND k.id = t.id"
@@ -419,7 +425,44 @@ def _commit(
         )
         result = ds.local().commit(op, expected_snapshot=head.snapshot_id)
         summary.snapshot_id = result.snapshot_id
+        known = _INDEX.get((str(ds.location), ds.table.info.uuid))
+        if known is not None:
+            for aid in ann_deleted:
+                known.pop(aid, None)
+            for row in out:
+                for ann in row["annotations"] or []:
+                    known[ann["id"]] = (row["project"], row["id"])
     summary.upserted, summary.deleted, summary.unchanged = upserted, deleted, unchanged
+
+
+#: Per tasks table (location, uuid): annotation id -> (project, task id), so that deleting an
+#: annotation (whose event carries only its id) does not read every row's annotations. Built
+#: on first need, kept up to date by this process's commits; ids it does not know (written by
+#: another process) are searched in the table.
+_INDEX: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+
+
+def _annotation_index(con: Connection, table: str, uuid: str) -> dict[int, tuple[int, int]]:
+    key = (str(con.dataset(table).location), uuid)
+    index = _INDEX.get(key)
+    if index is None:
+        found = _query(
+            con,
+            "SELECT project, id, list_transform(annotations, lambda a: a.id) AS ids "
+            f'FROM "{table}"',
+            {},
+        )
+        index = {}
+        for project, tid, ids in zip(
+            found.column("project").to_pylist(),
+            found.column("id").to_pylist(),
+            found.column("ids").to_pylist(),
+            strict=True,
+        ):
+            for aid in ids or []:
+                index[aid] = (project, tid)
+        _INDEX[key] = index
+    return index
 
 
 def _normalize(
