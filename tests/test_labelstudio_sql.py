@@ -82,3 +82,15 @@ def test_analytics_answer_everyday_questions(catalog: Path) -> None:
         "WHERE project = 1 AND task_id = 1 AND NOT was_cancelled"
     ).fetchone()[0]  # type: ignore[union-attr]
     assert disagree > 1
+
+
+def test_import_commits_say_what_changed(catalog: Path) -> None:
+    con = spacesql.connect(catalog)
+    props = con.sql(
+        "SELECT properties FROM spacesql_snapshots('tasks') ORDER BY snapshot_id"
+    ).fetchall()  # type: ignore[union-attr]
+    first = dict(props[1][0])
+    assert first["labelstudio.inserted"] == "30"
+    assert first["labelstudio.updated"] == "0"
+    assert first["labelstudio.format"] == "JSON"
+    assert first["labelstudio.source"].endswith("export_JSON.json")

@@ -29,7 +29,7 @@ from spacesql.engine.operations import (
 from spacesql.engine.table import Plan, Table
 from spacesql.errors import ConstraintError, SchemaError
 
-__all__ = ["AddColumns", "Overwrite", "RewriteRows"]
+__all__ = ["AddColumns", "Overwrite", "RewriteRows", "WithProperties"]
 
 
 @dataclass(frozen=True)
@@ -141,4 +141,34 @@ class Overwrite(Operation):
         if self.data.num_rows:
             plan.adds.extend(_write_rows(writer, self.data))
             plan.added_rows = self.data.num_rows
+        return plan
+
+
+@dataclass(frozen=True)
+class WithProperties(Operation):
+    """Another operation, recording ``properties`` on its snapshot (what an import or a sync
+    changed, where it came from).
+
+    >>> from spacesql.engine.operations import Append
+    >>> WithProperties(Append(pa.table({"id": [1]})), {"source": "export.json"}).name
+    'append'
+    """
+
+    inner: Operation
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def needs_state(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_state
+
+    def plan(
+        self, table: Table, head: SnapshotRecord, state: TableState, writer: DataWriter
+    ) -> Plan | None:
+        plan = self.inner.plan(table, head, state, writer)
+        if plan is not None:
+            plan.properties.update(self.properties)
         return plan

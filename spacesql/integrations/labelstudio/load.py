@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spacesql.engine import Dataset
+from spacesql.engine.operations import Upsert
+from spacesql.engine.rewrites import WithProperties
 from spacesql.errors import CommitConflictError, FormatError, SchemaError
 from spacesql.integrations.labelstudio.exports import Export, Source, read_source
 from spacesql.integrations.labelstudio.normalize import ShapeError, to_batches
@@ -152,7 +154,17 @@ def import_into(
             snapshot_id = None
             if changed.num_rows:
                 try:
-                    snapshot_id = ds.local().upsert(changed, expected_snapshot=head).snapshot_id
+                    op = WithProperties(
+                        Upsert(changed),
+                        {
+                            "labelstudio.source": name,
+                            "labelstudio.format": fmt,
+                            "labelstudio.inserted": str(inserted),
+                            "labelstudio.updated": str(changed.num_rows - inserted),
+                            "labelstudio.unchanged": str(table.num_rows - changed.num_rows),
+                        },
+                    )
+                    snapshot_id = ds.local().commit(op, expected_snapshot=head).snapshot_id
                 except CommitConflictError:
                     continue  # another writer committed: compare again with its rows
             return ImportSummary(

@@ -422,6 +422,11 @@ def _commit(
             positions={p: np.array(v, dtype=np.int64) for p, v in positions.items()},
             data=data,
             operation="labelstudio",
+            properties={
+                "labelstudio.events": str(summary.events),
+                "labelstudio.written": str(upserted),
+                "labelstudio.deleted": str(deleted),
+            },
         )
         result = ds.local().commit(op, expected_snapshot=head.snapshot_id)
         summary.snapshot_id = result.snapshot_id
