@@ -316,3 +316,13 @@ def test_star_is_expanded_when_the_view_is_created(con: spacesql.Connection) -> 
     assert refresh(con, "v")["strategy"] == "incremental"
     assert con.sql("SELECT * FROM v").columns == ["grp", "w"]  # type: ignore[union-attr]
     assert rows(con, "SELECT * FROM v") == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_stock_duckdb_views_hide_the_state_columns(con: spacesql.Connection) -> None:
+    from spacesql.catalog import Catalog
+    from spacesql.sql.duckdb_init import duckdb_init_script
+
+    con.sql("CREATE MATERIALIZED VIEW v AS SELECT grp, count(*) AS n FROM src GROUP BY grp")
+    script = duckdb_init_script(Catalog(con.catalog.path))
+    assert '"v"' in script or " v AS" in script
+    assert "__spacesql_" not in script

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
 from spacesql.catalog import Catalog
+from spacesql.catalog.catalog import is_hidden
 from spacesql.engine import Dataset
 from spacesql.engine.format import SnapshotRecord
 from spacesql.sql.rendering import identifier, render, string_literal
@@ -32,7 +34,9 @@ class _View:
 
 def _view(name: str, ds: Dataset, record: SnapshotRecord) -> _View:
     table = ds.table
-    schema = table.schema(record.schema_id)
+    # a materialized view's hidden state columns are not shown (as in spacesql.connect)
+    full = table.schema(record.schema_id)
+    schema = pa.schema([f for f in full if not is_hidden(f.name)])
     state = table.state(record)
     root = ds.location
     live = [e for e in state.files.values() if e.live_rows > 0]
