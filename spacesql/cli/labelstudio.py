@@ -110,7 +110,7 @@ def serve(
     from spacesql.integrations.labelstudio.receiver import Receiver
     from spacesql.integrations.labelstudio.sync import apply_events, ensure_tables
 
-    if secret is None and not no_secret:
+    if not secret and not no_secret:
         raise click.UsageError(
             "A shared secret is required: --secret or $SPACESQL_LABELSTUDIO_SECRET (and add it "
             "to the webhook's headers in Label Studio), or --no-secret to accept anyone."

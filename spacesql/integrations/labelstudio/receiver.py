@@ -148,10 +148,20 @@ def parse_payload(body: bytes, *, received_at: float | None = None) -> Event | N
             for i, v in enumerate(value):
                 _check_id(v, f"{action}: field '{key}[{i}]'")
         if key != "project":
-            out[key] = value
+            out[key] = _without_projects(value)
     if action == "PROJECT_DELETED" and project is None:
         raise PayloadError("PROJECT_DELETED: field 'project.id' is missing.")
     return Event(action, project, out, received_at or time.time())
+
+
+def _without_projects(value: Any) -> Any:
+    """Tasks and annotations with a nested ``project`` object reduced to its id (the project
+    object holds its share token and storage passwords)."""
+    if isinstance(value, list):
+        return [_without_projects(v) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("project"), dict):
+        return {**value, "project": _project_id(value["project"])}
+    return value
 
 
 def _check_id(obj: Mapping[str, Any], where: str) -> None:
@@ -161,8 +171,10 @@ def _check_id(obj: Mapping[str, Any], where: str) -> None:
             raise PayloadError(f"{where} has no 'id'.")
         if key == "project" and isinstance(value, dict):
             continue
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise PayloadError(f"{where}.{key} must be an integer, got {value!r:.40}.")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63
+        ):
+            raise PayloadError(f"{where}.{key} must be a 64-bit integer, got {value!r:.40}.")
 
 
 def _project_id(value: Any) -> int | None:
@@ -191,6 +203,8 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "events.jsonl"
         self.fsync = fsync
+        #: The journal is rewritten without committed events when it grows past this.
+        self.compact_bytes = 16 * 1024 * 1024
         self._lock = threading.Lock()
         self.committed = self._read_committed()
         pending = self.pending()
@@ -250,6 +264,14 @@ class Journal:
             if seq == self._seq:  # everything applied: start the journal afresh
                 self._file.close()
                 self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+            elif self._file.tell() > self.compact_bytes:
+                # steady traffic never empties it: keep only what is not committed yet
+                self._file.close()
+                keep = [e.to_json() + "\n" for e in self.pending()]
+                tmp = self.dir / "events.jsonl.tmp"
+                tmp.write_text("".join(keep), encoding="utf-8")
+                os.replace(tmp, self.path)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
     def quarantine(self, event: Event, exc: BaseException) -> None:
         """Keep an event that cannot be applied, with the error, for a person to look at."""
@@ -295,13 +317,22 @@ Apply = Callable[[Sequence[Event]], None]
 
 def _transient(exc: BaseException) -> bool:
     """Whether retrying later may help. Only errors that say the event's data is wrong
-    (a spacesql data error, ValueError/TypeError/KeyError/AssertionError) are not: an event
+    (a spacesql data error, ValueError, TypeError, LookupError, ArithmeticError,
+    AssertionError) are not: an event
     failing that way on its own is set aside instead of blocking the others."""
     from spacesql.errors import CommitConflictError, SpaceSQLError
 
     if isinstance(exc, CommitConflictError):
         return True
-    return not isinstance(exc, (SpaceSQLError, ValueError, TypeError, KeyError, AssertionError))
+    data_errors = (
+        SpaceSQLError,
+        ValueError,
+        TypeError,
+        LookupError,
+        ArithmeticError,
+        AssertionError,
+    )
+    return not isinstance(exc, data_errors)
 
 
 class Receiver:
@@ -336,20 +367,21 @@ class Receiver:
         max_batch: int = 5000,
         fsync: bool = False,
     ) -> None:
-        if secret is None and not allow_no_secret:
+        if not secret and not allow_no_secret:
             raise ValueError(
                 "A shared secret is required: pass one (Label Studio sends it as a custom "
                 "webhook header), or allow_no_secret=True to accept unauthenticated requests."
             )
         self.apply = apply
         self.journal = Journal(journal_dir, fsync=fsync)
-        self.secret = secret
+        self.secret = secret or None
         self.secret_header = secret_header
         self.max_body = max_body
         self.batch_seconds = batch_seconds
         self.max_batch = max_batch
         self.stats = Stats()
         self._queue: queue.Queue[Event] = queue.Queue()
+        self._accepting = threading.Lock()
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._server = _Server((host, port), self._handler())
@@ -481,8 +513,9 @@ class Receiver:
                 "status": "ignored",
                 "reason": "the webhook sends no payload; enable send_payload or run reconcile",
             }
-        event = self.journal.append(event)
-        self._queue.put(event)
+        with self._accepting:  # journal order == queue order, so commits mark a prefix
+            event = self.journal.append(event)
+            self._queue.put(event)
         self.stats.accepted += 1
         return 200, {"status": "accepted", "seq": event.seq}
 
@@ -492,6 +525,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "spacesql-labelstudio"
+            #: A client that stops sending (or idles on keep-alive) frees its thread.
+            timeout = 30
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
@@ -528,11 +563,16 @@ class Receiver:
                 started = time.perf_counter()
                 if not receiver._authorized(self.headers):
                     receiver.stats.rejected += 1
-                    self._drain()
+                    self.close_connection = True  # nothing of an unauthenticated body is read
                     self._send(401, {"error": f"missing or wrong {receiver.secret_header} header"})
                     return
+                if self.headers.get("Transfer-Encoding"):
+                    receiver.stats.rejected += 1
+                    self.close_connection = True
+                    self._send(411, {"error": "send the body with a Content-Length"})
+                    return
                 length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
+                if length is None or not (length.isascii() and length.isdigit()):
                     receiver.stats.rejected += 1
                     self.close_connection = True
                     self._send(411, {"error": "Content-Length is required"})
@@ -559,12 +599,5 @@ class Receiver:
                 lat = receiver.stats.latencies
                 if len(lat) < 1_000_000:
                     lat.append(time.perf_counter() - started)
-
-            def _drain(self) -> None:
-                length = self.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) <= receiver.max_body:
-                    self.rfile.read(int(length))
-                else:
-                    self.close_connection = True
 
         return Handler

@@ -131,7 +131,8 @@ def apply_events(con: Connection, table: str, events: Sequence[Event]) -> SyncSu
             tasks = body["task"] if isinstance(body["task"], list) else [body["task"]]
             by_id = {int(t["id"]): t for t in tasks}
             for ann in anns:
-                task = by_id.get(int(ann.get("task", -1))) or (
+                tid = ann.get("task")
+                task = by_id.get(tid if isinstance(tid, int) else -1) or (
                     tasks[0] if len(tasks) == 1 else None
                 )
                 if task is None:
@@ -176,8 +177,12 @@ def apply_events(con: Connection, table: str, events: Sequence[Event]) -> SyncSu
     stones = _read_tombstones(con, table, pending)
     for key in list(pending):
         slot = pending[key]
-        gone = stones.get(("task", key[1]))
-        gone_project = stones.get(("project", key[0]))
+        task_stone = stones.get(("task", key[1]))
+        # a task tombstone counts in its own project (ids are per instance, but a table may
+        # hold several instances' projects); one without a project (delete-all) everywhere
+        gone = task_stone[0] if task_stone is not None and task_stone[1] in (None, key[0]) else None
+        project_stone = stones.get(("project", key[0]))
+        gone_project = project_stone[0] if project_stone is not None else None
         created = _ts(slot.task.get("created_at")) if slot.task else None
         for stone_at in (gone, gone_project):
             if stone_at is not None and (created is None or created <= stone_at):
@@ -186,7 +191,8 @@ def apply_events(con: Connection, table: str, events: Sequence[Event]) -> SyncSu
                 break
         else:
             for aid in list(slot.annotations):
-                stone = stones.get(("annotation", aid))
+                found = stones.get(("annotation", aid))
+                stone = found[0] if found is not None else None
                 if stone is not None and stone >= _ts(slot.annotations[aid].get("updated_at")):
                     del slot.annotations[aid]
                     summary.ignored += 1
@@ -248,7 +254,7 @@ def _write_tombstones(
 
 def _read_tombstones(
     con: Connection, table: str, pending: Mapping[tuple[int, int], _Pending]
-) -> dict[tuple[str, int], dt.datetime]:
+) -> dict[tuple[str, int], tuple[dt.datetime, int | None]]:
     if not pending:
         return {}
     wanted = pa.table(
@@ -266,16 +272,17 @@ def _read_tombstones(
     )
     found = _query(
         con,
-        f'SELECT t.kind, t.id, t.deleted_at FROM "{tombstone_table(table)}" AS t '
+        f'SELECT t.kind, t.id, t.deleted_at, t.project FROM "{tombstone_table(table)}" AS t '
         "SEMI JOIN __spacesql_wanted AS w ON t.kind = w.kind AND t.id = w.id",
         {"__spacesql_wanted": wanted},
     )
     return {
-        (k, i): w
-        for k, i, w in zip(
+        (k, i): (w, p)
+        for k, i, w, p in zip(
             found.column("kind").to_pylist(),
             found.column("id").to_pylist(),
             found.column("deleted_at").to_pylist(),
+            found.column("project").to_pylist(),
             strict=True,
         )
     }
