@@ -326,3 +326,43 @@ def test_stock_duckdb_views_hide_the_state_columns(con: spacesql.Connection) -> 
     script = duckdb_init_script(Catalog(con.catalog.path))
     assert '"v"' in script or " v AS" in script
     assert "__spacesql_" not in script
+
+
+def test_names_keep_their_case(con: spacesql.Connection) -> None:
+    con.sql('CREATE TABLE "MyT" (id BIGINT PRIMARY KEY, "Name" VARCHAR, "My Col" INTEGER)')
+    con.sql("INSERT INTO \"MyT\" VALUES (1, 'a', 1)")
+    con.sql('CREATE MATERIALIZED VIEW v AS SELECT "Name", "My Col" FROM "MyT"')
+    con.sql(
+        'CREATE MATERIALIZED VIEW g AS SELECT "Name", sum("My Col") AS s FROM "MyT" GROUP BY 1'
+    )
+    con.sql("INSERT INTO \"MyT\" VALUES (2, 'b', 2)")
+    assert refresh(con, "v")["strategy"] == "incremental"
+    assert refresh(con, "g")["strategy"] == "incremental"
+    assert rows(con, "SELECT * FROM v") == [("a", 1), ("b", 2)]
+    assert len(rows(con, "SELECT * FROM g")) == 2
+
+
+def test_a_table_read_at_a_fixed_version_stays_there(con: spacesql.Connection) -> None:
+    first = con.dataset("dim").snapshot().snapshot_id
+    con.sql("INSERT INTO dim VALUES ('c', 3)")
+    con.sql(f"CREATE MATERIALIZED VIEW v AS SELECT * FROM dim AT (VERSION => {first})")
+    assert rows(con, "SELECT * FROM v") == [("a", 1), ("b", 2)]
+    con.sql("INSERT INTO dim VALUES ('d', 4)")
+    result = refresh(con, "v")
+    assert result["strategy"] == "full"
+    assert "fixed version" in str(result["reason"])
+    assert rows(con, "SELECT * FROM v") == [("a", 1), ("b", 2)]
+
+
+def test_refreshing_to_a_branch_and_back(con: spacesql.Connection) -> None:
+    con.sql("CREATE MATERIALIZED VIEW v AS SELECT grp, w FROM dim")
+    con.sql("CALL spacesql_branch('dim', 'dev')")
+    con.sql("INSERT INTO dim VALUES ('main_only', 1)")
+    con.sql("CALL spacesql_use_branch('dim', 'dev')")
+    con.sql("INSERT INTO dim VALUES ('dev_only', 2)")
+    con.sql("CALL spacesql_use_branch('dim', 'main')")
+    refresh(con, "v", " TO VERSION 'dev'")
+    assert ("dev_only", 2) in rows(con, "SELECT * FROM v")
+    refresh(con, "v")  # back to main: another branch, not an older version
+    got = rows(con, "SELECT * FROM v")
+    assert ("main_only", 1) in got and ("dev_only", 2) not in got

@@ -206,6 +206,7 @@ def analyze(
     except (SqlglotError, KeyError, ValueError) as exc:
         return FullPlan(query, f"spacesql could not analyze the query ({exc})")
     assert isinstance(qualified, exp.Query)
+    _restore_case(qualified, tables)
     try:
         _rename_outputs(qualified, output_names)
     except _Unsupported as exc:
@@ -216,6 +217,28 @@ def analyze(
         return dataclasses.replace(_plan(qualified, tables, aggregates), visible=visible)
     except _Unsupported as exc:
         return FullPlan(qualified, exc.reason, exc.culprit, visible)
+
+
+def _restore_case(query: exp.Expr, tables: Mapping[str, TableInfo]) -> None:
+    """sqlglot folds identifiers to lower case for DuckDB's dialect; spacesql's table and
+    column names keep theirs (the engine's schemas are case-sensitive)."""
+    names = {n.lower(): n for n in tables}
+    aliases: dict[str, str] = {}
+    for table in query.find_all(exp.Table):
+        real = names.get(table.name.lower())
+        if real is None or not isinstance(table.this, exp.Identifier):
+            continue
+        if real != table.name:
+            table.set("this", exp.to_identifier(real, quoted=True))
+        aliases[table.alias_or_name] = real
+    for column in query.find_all(exp.Column):
+        real_table = aliases.get(column.table)
+        if real_table is None:
+            continue
+        columns = {c.lower(): c for c in tables[real_table].columns}
+        real = columns.get(column.name.lower())
+        if real is not None and real != column.name:
+            column.set("this", exp.to_identifier(real, quoted=True))
 
 
 def _as_query(node: exp.Expr) -> exp.Query:
@@ -309,6 +332,11 @@ def _common_checks(select: exp.Select) -> None:
     for node in select.find_all(exp.Select):
         if node is not select:
             raise _Unsupported("a subquery is not maintained incrementally", node)
+    for node in select.find_all(exp.Table):
+        if node.args.get("when") is not None:
+            raise _Unsupported(
+                "a table read at a fixed version (AT ...) has no changes to follow", node
+            )
     for node in select.find_all(exp.GroupingSets, exp.Rollup, exp.Cube):
         raise _Unsupported("GROUPING SETS, ROLLUP and CUBE are not maintained incrementally", node)
 

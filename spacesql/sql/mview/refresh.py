@@ -221,7 +221,7 @@ class ViewManager:
                     )
                 )
                 continue
-            if table.name in versions:
+            if table.name in versions and table.args.get("when") is None:  # AT (...) stays
                 table.set(
                     "when",
                     exp.HistoricalData(
@@ -441,7 +441,12 @@ class ViewManager:
         )
         for n, target in targets.items():
             old = reflected.get(n)
-            if old is not None and old.uuid == target.uuid and target.snapshot < old.snapshot:
+            if (
+                old is not None
+                and old.uuid == target.uuid
+                and target.snapshot < old.snapshot
+                and _is_ancestor(self.host.dataset(n), target.snapshot, old.snapshot)
+            ):
                 raise MaterializedViewError(
                     f"Cannot refresh materialized view '{name}' to snapshot {target.snapshot} of "
                     f"'{n}': the view already reflects the newer snapshot {old.snapshot}. "
@@ -802,6 +807,15 @@ class ViewManager:
 
 
 _MERGE_EXTRA = (FILE_COLUMN, POSITION_COLUMN, "__spacesql_recompute")
+
+
+def _is_ancestor(ds: Dataset, older: int, newer: int) -> bool:
+    """Whether snapshot ``older`` is on the history of ``newer`` (same line of commits);
+    snapshots of other branches are neither older nor newer."""
+    record = ds.snapshot(newer)
+    while record.snapshot_id > older and record.parent_id is not None:
+        record = ds.snapshot(record.parent_id)
+    return record.snapshot_id == older
 
 
 def _full_fraction(plan: Plan) -> float:
