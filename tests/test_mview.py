@@ -209,8 +209,7 @@ def test_unnest_json_and_case(con: spacesql.Connection) -> None:
         "FROM (SELECT id, unnest(CAST(doc AS JSON)->'$.annotations[*]') AS a FROM tasks)"
     )
     direct = (
-        "SELECT id, unnest(CAST(doc AS JSON)->'$.annotations[*]')->>'$.label' AS label "
-        "FROM tasks"
+        "SELECT id, unnest(CAST(doc AS JSON)->'$.annotations[*]')->>'$.label' AS label FROM tasks"
     )
     con.sql(f"CREATE MATERIALIZED VIEW flat AS {direct}")
     con.sql(f"CREATE MATERIALIZED VIEW sure AS {query}")
@@ -332,9 +331,7 @@ def test_names_keep_their_case(con: spacesql.Connection) -> None:
     con.sql('CREATE TABLE "MyT" (id BIGINT PRIMARY KEY, "Name" VARCHAR, "My Col" INTEGER)')
     con.sql("INSERT INTO \"MyT\" VALUES (1, 'a', 1)")
     con.sql('CREATE MATERIALIZED VIEW v AS SELECT "Name", "My Col" FROM "MyT"')
-    con.sql(
-        'CREATE MATERIALIZED VIEW g AS SELECT "Name", sum("My Col") AS s FROM "MyT" GROUP BY 1'
-    )
+    con.sql('CREATE MATERIALIZED VIEW g AS SELECT "Name", sum("My Col") AS s FROM "MyT" GROUP BY 1')
     con.sql("INSERT INTO \"MyT\" VALUES (2, 'b', 2)")
     assert refresh(con, "v")["strategy"] == "incremental"
     assert refresh(con, "g")["strategy"] == "incremental"
@@ -366,3 +363,18 @@ def test_refreshing_to_a_branch_and_back(con: spacesql.Connection) -> None:
     refresh(con, "v")  # back to main: another branch, not an older version
     got = rows(con, "SELECT * FROM v")
     assert ("main_only", 1) in got and ("dev_only", 2) not in got
+
+
+def test_avg_of_timestamps_is_maintained_by_recomputing_its_groups(
+    con: spacesql.Connection,
+) -> None:
+    con.sql("CREATE TABLE ev (id BIGINT PRIMARY KEY, g VARCHAR, ts TIMESTAMP)")
+    con.sql(
+        "INSERT INTO ev VALUES (1, 'a', TIMESTAMP '2026-01-01'), (2, 'a', TIMESTAMP '2026-01-03')"
+    )
+    query = "SELECT g, avg(ts) AS mid, count(*) AS n FROM ev GROUP BY g"
+    con.sql(f"CREATE MATERIALIZED VIEW v AS {query}")
+    con.sql("INSERT INTO ev VALUES (3, 'b', TIMESTAMP '2026-02-01')")
+    con.sql("DELETE FROM ev WHERE id = 1")
+    assert refresh(con, "v")["strategy"] == "incremental"
+    assert rows(con, "SELECT * FROM v") == rows(con, query)

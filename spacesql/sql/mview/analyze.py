@@ -178,6 +178,7 @@ def analyze(
     output_names: Sequence[str],
     aggregates: frozenset[str] = frozenset(),
     volatile: frozenset[str] = frozenset(),
+    merge_sums: bool = True,
 ) -> Plan:
     """Classify a view's query.
 
@@ -188,6 +189,8 @@ def analyze(
         aggregates: Lower-case names of aggregate functions sqlglot does not know.
         volatile: Lower-case names of functions whose result is not a function of the
             arguments (random, now, ...).
+        merge_sums: Merge SUM and AVG as running sums; False recomputes their touched groups
+            (for arguments DuckDB cannot sum, such as AVG of a TIMESTAMP).
 
     Returns:
         The plan. Queries the analysis cannot follow get a :class:`FullPlan` saying why.
@@ -214,7 +217,8 @@ def analyze(
     visible = qualified.copy()
     try:
         _check_volatile(qualified, volatile)
-        return dataclasses.replace(_plan(qualified, tables, aggregates), visible=visible)
+        plan = _plan(qualified, tables, aggregates, merge_sums)
+        return dataclasses.replace(plan, visible=visible)
     except _Unsupported as exc:
         return FullPlan(qualified, exc.reason, exc.culprit, visible)
 
@@ -285,7 +289,12 @@ def _func_name(node: exp.Func) -> str:
     return str(node.sql_name()).lower()
 
 
-def _plan(query: exp.Query, tables: Mapping[str, TableInfo], aggregates: frozenset[str]) -> Plan:
+def _plan(
+    query: exp.Query,
+    tables: Mapping[str, TableInfo],
+    aggregates: frozenset[str],
+    merge_sums: bool = True,
+) -> Plan:
     if isinstance(query, exp.SetOperation):
         if not isinstance(query, exp.Union) or query.args.get("distinct"):
             kind = type(query).__name__.upper()
@@ -310,7 +319,7 @@ def _plan(query: exp.Query, tables: Mapping[str, TableInfo], aggregates: frozens
     if not calls and query.args.get("group") is None and distinct is None:
         branch = _branch(query, tables, 0, keyed=True)
         return RowPlan([branch], _row_full_form([branch], tables))
-    return _aggregate_plan(query, tables, calls, aggregates)
+    return _aggregate_plan(query, tables, calls, aggregates, merge_sums)
 
 
 def _common_checks(select: exp.Select) -> None:
@@ -480,6 +489,7 @@ def _aggregate_plan(
     tables: Mapping[str, TableInfo],
     calls: list[exp.Expr],
     aggregates: frozenset[str],
+    merge_sums: bool = True,
 ) -> Plan:
     body = _branch(select, tables, 0, keyed=False)
     distinct = select.args.get("distinct") is not None
@@ -505,6 +515,11 @@ def _aggregate_plan(
             raise _Unsupported("an aggregate inside GROUP BY", g)
     group_columns = [f"__spacesql_g{j}" for j in range(len(groups))]
     specs = [_spec(i, c) for i, c in enumerate(calls)]
+    if not merge_sums:
+        specs = [
+            AggSpec("holistic", spec.node, None) if spec.kind in ("sum", "avg") else spec
+            for spec in specs
+        ]
     # the full form: visible items, group expressions, count and mergeable state
     full = select.copy()
     # items over the stored state are rewritten on a copy (aggregates matched by identity)

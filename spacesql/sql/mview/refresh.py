@@ -274,9 +274,20 @@ class ViewManager:
         }
         plan = self._plan(query, targets, view=name)
         started = time.perf_counter()
-        data = self._arrow(
-            self._bound(plan.query, {n: v.snapshot for n, v in targets.items()}), view=name
-        )
+        versions = {n: v.snapshot for n, v in targets.items()}
+        merge_sums = True
+        try:
+            data = self._arrow(self._bound(plan.query, versions), view=name)
+        except MaterializedViewError:
+            if not isinstance(plan, AggregatePlan) or not any(
+                a.kind in ("sum", "avg") for a in plan.aggs
+            ):
+                raise
+            # DuckDB cannot keep a running sum of the argument (AVG of a TIMESTAMP): those
+            # groups are recomputed instead (if that fails too, its error is the one raised)
+            merge_sums = False
+            plan = self._plan(query, targets, view=name, merge_sums=False)
+            data = self._arrow(self._bound(plan.query, versions), view=name)
         data = _nullable(data)
         missing = [k for k in primary_key if k not in data.column_names or is_hidden(k)]
         if missing:
@@ -292,6 +303,7 @@ class ViewManager:
             "sources": sources,
             "primary_key": list(primary_key),
             "columns": [c for c in data.column_names if not is_hidden(c)],
+            "merge_sums": merge_sums,
         }
         props = _lineage_properties(targets)
 
@@ -342,6 +354,7 @@ class ViewManager:
         *,
         view: str,
         columns: list[str] | None = None,
+        merge_sums: bool = True,
     ) -> Plan:
         """Analyze a view's query. ``columns``: its output names when known (stored with the
         view), else DuckDB binds the query to name them."""
@@ -362,7 +375,14 @@ class ViewManager:
             )
         aggs, volatile = self._function_names()
         tables = {n: self._table_info(n) for n in targets}
-        return analyze(query, tables, output_names=columns, aggregates=aggs, volatile=volatile)
+        return analyze(
+            query,
+            tables,
+            output_names=columns,
+            aggregates=aggs,
+            volatile=volatile,
+            merge_sums=merge_sums,
+        )
 
     # --- refresh -----------------------------------------------------------------------
 
@@ -456,7 +476,11 @@ class ViewManager:
         query = parse(str(definition["query"]))[0]
         stored = definition.get("columns")
         plan = self._plan(
-            query, targets, view=name, columns=list(stored) if stored is not None else None
+            query,
+            targets,
+            view=name,
+            columns=list(stored) if stored is not None else None,
+            merge_sums=bool(definition.get("merge_sums", True)),
         )
         result.rule = _rule(plan)
         if targets == reflected and not full:
