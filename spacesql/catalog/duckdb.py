@@ -9,6 +9,8 @@ references by a vectorized Python UDF, which DuckDB only calls when the column i
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from spacesql.engine.format import SnapshotRecord
 from spacesql.engine.log import Version
 from spacesql.engine.records import REFERENCE_TYPE, RecordReader
 
-__all__ = ["FILE_COLUMN", "POSITION_COLUMN", "Registrar", "View"]
+__all__ = ["FILE_COLUMN", "POSITION_COLUMN", "Registrar", "View", "file_positions", "positions_of"]
 
 #: Columns of a positions view: absolute data file path and physical row position.
 FILE_COLUMN = "__spacesql_file"
@@ -41,6 +43,33 @@ class View:
     uuid: str
     snapshot_id: int
     positions: bool
+
+
+def file_positions(
+    root: str | os.PathLike[str], pairs: Iterable[tuple[str, int]]
+) -> dict[str, np.ndarray]:
+    """``(absolute file, position)`` pairs of a positions view as the engine addresses rows:
+    data file path relative to the dataset root -> positions."""
+    out: dict[str, list[int]] = {}
+    for path, pos in pairs:
+        out.setdefault(os.path.relpath(path, root).replace(os.sep, "/"), []).append(int(pos))
+    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
+
+
+def positions_of(root: str | os.PathLike[str], table: pa.Table) -> dict[str, np.ndarray]:
+    """The rows of a positions view's result (``__spacesql_file``, ``__spacesql_pos``
+    columns) as :func:`file_positions` gives them, grouped by Arrow."""
+    if table.num_rows == 0:
+        return {}
+    grouped = table.group_by(FILE_COLUMN, use_threads=False).aggregate([(POSITION_COLUMN, "list")])
+    return {
+        os.path.relpath(path, root).replace(os.sep, "/"): np.asarray(pos, dtype=np.int64)
+        for path, pos in zip(
+            grouped.column(FILE_COLUMN).to_pylist(),
+            grouped.column(f"{POSITION_COLUMN}_list").to_pylist(),
+            strict=True,
+        )
+    }
 
 
 def _col(name: str) -> Any:

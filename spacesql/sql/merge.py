@@ -14,7 +14,6 @@ one ``RewriteRows`` commit against the snapshot the queries read.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
+from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN, file_positions
 from spacesql.engine.inputs import conform
 from spacesql.engine.rewrites import RewriteRows
 from spacesql.errors import SqlError
@@ -200,7 +199,7 @@ def execute_merge(host: Host, stmt: exp.Expression, name: str, params: Params) -
     schema = ds.schema
     view, snapshot = host.register_positions(f"__spacesql_pos_{name}", name)
     queries = merge_queries(numbered, list(schema.names), view)
-    positions: dict[str, list[int]] = {}
+    pairs_all: list[tuple[str, int]] = []
     added: list[pa.Table] = []
     changed = 0
     for query, actions in (
@@ -225,9 +224,7 @@ def execute_merge(host: Host, stmt: exp.Expression, name: str, params: Params) -
                 f"MERGE into '{name}' matches a target row with more than one source row; "
                 "make the ON condition match each target row at most once."
             )
-        for file, pos in pairs:
-            rel = os.path.relpath(str(file), ds.location).replace(os.sep, "/")
-            positions.setdefault(rel, []).append(int(pos))
+        pairs_all.extend(pairs)
         updates = rows.filter(
             pc.is_in(
                 rows.column(CLAUSE),
@@ -254,11 +251,12 @@ def execute_merge(host: Host, stmt: exp.Expression, name: str, params: Params) -
         if inserts.num_rows:
             added.append(conform(inserts.select(schema.names), schema, dataset=name))
             changed += inserts.num_rows
+    positions = file_positions(ds.location, pairs_all)
     if not positions and not added:
         return count_result(host, 0)
     data = pa.concat_tables(added) if added else None
     op = RewriteRows(
-        positions={k: np.array(v, dtype=np.int64) for k, v in positions.items()},
+        positions=positions,
         data=data,
         operation="merge",
     )

@@ -8,7 +8,6 @@ another writer committed meanwhile, the statement is run again (by the connectio
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
+from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN, positions_of
 from spacesql.engine.inputs import conform
 from spacesql.engine.rewrites import RewriteRows
 from spacesql.errors import SchemaError, SqlError
@@ -241,15 +240,6 @@ def _insert_do_update(
 # --- DELETE / UPDATE / TRUNCATE ---------------------------------------------------------
 
 
-def _positions(ds_root: os.PathLike[str] | str, table: pa.Table) -> dict[str, np.ndarray]:
-    files = table.column(FILE_COLUMN).to_pylist()
-    pos = table.column(POSITION_COLUMN).to_numpy(zero_copy_only=False)
-    out: dict[str, list[int]] = {}
-    for f, p in zip(files, pos.tolist(), strict=True):
-        out.setdefault(os.path.relpath(f, ds_root).replace(os.sep, "/"), []).append(int(p))
-    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
-
-
 def _point_target(select: exp.Select, view: str) -> exp.Select:
     source = select.args["from_"].this if "from_" in select.args else select.args["from"].this
     source.set("this", exp.to_identifier(view, quoted=True))
@@ -267,7 +257,7 @@ def _delete(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
     found = con.query_arrow(query, params)
     if found.num_rows == 0:
         return count_result(con, 0)
-    op = RewriteRows(positions=_positions(ds.location, found), operation="delete")
+    op = RewriteRows(positions=positions_of(ds.location, found), operation="delete")
     result = ds.local().commit(op, expected_snapshot=snapshot)
     return count_result(con, result.deleted_rows)
 
@@ -290,7 +280,7 @@ def _update(con: Connection, stmt: exp.Expression, name: str, params: Params) ->
             "make the join match each row once."
         )
     rows = conform(found.drop_columns([FILE_COLUMN, POSITION_COLUMN]), schema, dataset=name)
-    op = RewriteRows(positions=_positions(ds.location, found), data=rows, operation="update")
+    op = RewriteRows(positions=positions_of(ds.location, found), data=rows, operation="update")
     ds.local().commit(op, expected_snapshot=snapshot)
     return count_result(con, rows.num_rows)
 

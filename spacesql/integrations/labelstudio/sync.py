@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
+from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN, file_positions
 from spacesql.engine.rewrites import RewriteRows
 from spacesql.errors import CommitConflictError, SchemaError
 from spacesql.integrations.labelstudio.load import read_export
@@ -372,8 +372,6 @@ def _commit(
         found = _query(con, text, params)
     finally:
         con.unregister(view)
-    from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
-
     current = {
         (r["project"], r["id"]): r
         for r in found.drop_columns([FILE_COLUMN, POSITION_COLUMN]).to_pylist()
@@ -416,17 +414,11 @@ def _commit(
         if key not in current:
             out.append(_merge(None, pending[key], row, ann_deleted))
             upserted += 1
-    positions: dict[str, list[int]] = {}
-    root = str(ds.location)
-    import os
-
-    for key in remove:
-        f, pos = where[key]
-        positions.setdefault(os.path.relpath(f, root).replace(os.sep, "/"), []).append(pos)
+    positions = file_positions(ds.location, (where[key] for key in remove))
     data = pa.Table.from_pylist(out, schema=SCHEMA) if out else None
     if positions or data is not None:
         op = RewriteRows(
-            positions={p: np.array(v, dtype=np.int64) for p, v in positions.items()},
+            positions=positions,
             data=data,
             operation="labelstudio",
             properties={
@@ -591,16 +583,13 @@ def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) ->
             )
         finally:
             con.unregister(view)
-        from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
-
-        rows = found.drop_columns([FILE_COLUMN, POSITION_COLUMN]).to_pylist()
+            rows = found.drop_columns([FILE_COLUMN, POSITION_COLUMN]).to_pylist()
         files = found.column(FILE_COLUMN).to_pylist()
         positions = found.column(POSITION_COLUMN).to_pylist()
-        remove: dict[str, list[int]] = {}
+        remove: list[tuple[str, int]] = []
         out = []
         seen = set()
         counts = {"upserted": 0, "deleted": 0, "unchanged": 0}
-        import os
 
         for row, f, pos in zip(rows, files, positions, strict=True):
             key = (row["project"], row["id"])
@@ -609,9 +598,7 @@ def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) ->
             if new is not None and _same(new, row):
                 counts["unchanged"] += 1
                 continue
-            remove.setdefault(os.path.relpath(f, str(ds.location)).replace(os.sep, "/"), []).append(
-                pos
-            )
+            remove.append((f, pos))
             if new is None:
                 counts["deleted"] += 1
             else:
@@ -625,7 +612,7 @@ def reconcile(con: Connection, table: str, export: pa.Table, *, project: int) ->
             summary.unchanged = counts["unchanged"]
             return summary
         op = RewriteRows(
-            positions={p: np.array(v, dtype=np.int64) for p, v in remove.items()},
+            positions=file_positions(ds.location, remove),
             data=pa.Table.from_pylist(out, schema=SCHEMA) if out else None,
             operation="labelstudio_reconcile",
         )

@@ -7,7 +7,6 @@ the view's dataset in one snapshot, against the head the refresh started from.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from spacesql.catalog.catalog import is_hidden
-from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN
+from spacesql.catalog.duckdb import FILE_COLUMN, POSITION_COLUMN, positions_of
 from spacesql.engine import Dataset
 from spacesql.engine.format import SnapshotRecord
 from spacesql.engine.inputs import check_keys, conform
@@ -1177,20 +1176,9 @@ def _restricted_full(plan: AggregatePlan, groups_rel: str) -> exp.Expr:
 
 
 def _positions(tables: list[pa.Table], root: Any) -> dict[str, np.ndarray]:
-    """Absolute file paths and positions -> the engine's relative paths and positions."""
-    out: dict[str, list[np.ndarray]] = {}
-    for t in tables:
-        if t.num_rows == 0:
-            continue
-        grouped = t.group_by(FILE_COLUMN, use_threads=False).aggregate([(POSITION_COLUMN, "list")])
-        for path, pos in zip(
-            grouped.column(FILE_COLUMN).to_pylist(),
-            grouped.column(f"{POSITION_COLUMN}_list").to_pylist(),
-            strict=True,
-        ):
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            out.setdefault(rel, []).append(np.asarray(pos, dtype=np.int64))
-    return {p: np.concatenate(v) for p, v in out.items()}
+    """Rows of positions-view results, as the engine addresses them."""
+    found = [t.select([FILE_COLUMN, POSITION_COLUMN]) for t in tables if t.num_rows]
+    return positions_of(root, pa.concat_tables(found)) if found else {}
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:
