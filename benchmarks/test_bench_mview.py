@@ -63,7 +63,8 @@ from spacesql_bench import Paired, Ratios, Timing, count, scaled, settle
 
 import spacesql
 from spacesql import Dataset
-from spacesql.sql.mview.refresh import FULL_FRACTIONS, FULL_MIN_ROWS, RefreshResult
+from spacesql.sql.mview.refresh import FULL_MIN_ROWS, RefreshResult
+from spacesql.sql.mview.sources import FULL_FRACTIONS
 from spacesql.sql.mview.statements import manager
 
 THREADS = 2

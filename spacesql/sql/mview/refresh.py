@@ -37,7 +37,6 @@ from spacesql.sql.host import Host
 from spacesql.sql.mview.analyze import (
     N_COLUMN,
     AggregatePlan,
-    AggSpec,
     Branch,
     FullPlan,
     Plan,
@@ -45,6 +44,24 @@ from spacesql.sql.mview.analyze import (
     TableInfo,
     analyze,
     sql,
+)
+from spacesql.sql.mview.delta import (
+    MERGE_EXTRA,
+    anti,
+    detection,
+    merge_query,
+    restricted_full,
+    select_all,
+    signed_input,
+)
+from spacesql.sql.mview.sources import (
+    Change,
+    changed_rows,
+    columns_used,
+    deleted_columns,
+    diff,
+    full_fraction,
+    is_ancestor,
 )
 from spacesql.sql.routing import dataset_tables
 
@@ -58,14 +75,6 @@ __all__ = [
 
 #: Snapshot property of a view: the source snapshots it reflects.
 LINEAGE_PROPERTY = "spacesql.sources"
-#: A refresh recomputes in full when the changed rows exceed a fraction of the sources' rows,
-#: by kind of plan (measured in benchmarks/test_bench_mview.py on 10M rows: row views are
-#: still 2-3x cheaper incrementally at 3% changed; merged aggregates break even near 3%;
-#: MIN/MAX and holistic aggregates rescan the groups they touch, which costs about a full
-#: recompute as soon as a deleted value was an extreme).
-FULL_FRACTIONS = {"rows": 0.08, "aggregate": 0.02, "aggregate_rescans": 0.005}
-#: The default when a plan kind is not listed.
-FULL_FRACTION = 0.02
 #: ... but never below this many changed rows (small changes are always cheap to merge).
 FULL_MIN_ROWS = 10_000
 _DEFINITION_FORMAT = 1
@@ -129,18 +138,6 @@ def lineage(record: SnapshotRecord) -> dict[str, SourceVersion]:
 def _lineage_properties(targets: Mapping[str, SourceVersion]) -> dict[str, str]:
     obj = {n: {"uuid": v.uuid, "snapshot": v.snapshot} for n, v in sorted(targets.items())}
     return {LINEAGE_PROPERTY: json.dumps(obj, sort_keys=True)}
-
-
-@dataclass
-class _Change:
-    """Rows of one source that changed between the reflected and the target snapshot."""
-
-    deleted: pa.Table
-    inserted: pa.Table
-
-    @property
-    def rows(self) -> int:
-        return int(self.deleted.num_rows + self.inserted.num_rows)
 
 
 Progress = Callable[[str], None]
@@ -464,7 +461,7 @@ class ViewManager:
                 old is not None
                 and old.uuid == target.uuid
                 and target.snapshot < old.snapshot
-                and _is_ancestor(self.host.dataset(n), target.snapshot, old.snapshot)
+                and is_ancestor(self.host.dataset(n), target.snapshot, old.snapshot)
             ):
                 raise MaterializedViewError(
                     f"Cannot refresh materialized view '{name}' to snapshot {target.snapshot} of "
@@ -496,11 +493,11 @@ class ViewManager:
                 if old is None or old.uuid != target.uuid:
                     reason = f"source '{n}' was dropped and created again since the last refresh"
                     break
-        changes: dict[str, _Change] = {}
+        changes: dict[str, Change] = {}
         if not reason:
             try:
                 estimate = sum(
-                    _changed_rows(self.host.dataset(n), reflected[n].snapshot, t.snapshot)
+                    changed_rows(self.host.dataset(n), reflected[n].snapshot, t.snapshot)
                     for n, t in targets.items()
                 )
             except SnapshotNotFoundError as exc:
@@ -510,9 +507,7 @@ class ViewManager:
                     self.host.dataset(n).snapshot(t.snapshot).summary.total_rows
                     for n, t in targets.items()
                 )
-                fraction = (
-                    _full_fraction(plan) if self.full_fraction is None else self.full_fraction
-                )
+                fraction = full_fraction(plan) if self.full_fraction is None else self.full_fraction
                 limit = max(fraction * total, FULL_MIN_ROWS)
                 result.changed_rows = estimate
                 if estimate > limit:
@@ -522,18 +517,18 @@ class ViewManager:
                     )
         if not reason:
             assert not isinstance(plan, FullPlan)
-            needed = _columns_used(plan)
+            needed = columns_used(plan)
             try:
                 for n, target in targets.items():
                     if reflected[n].snapshot != target.snapshot:
                         step(f"reading changes of {n}")
-                        changes[n] = _diff(
+                        changes[n] = diff(
                             self.host.dataset(n),
                             reflected[n].snapshot,
                             target.snapshot,
                             columns=needed.get(n),
                             # row views need only the keys of deleted root rows
-                            deleted_columns=_deleted_columns(plan, n),
+                            deleted_columns=deleted_columns(plan, n),
                         )
             except SnapshotNotFoundError as exc:
                 reason = f"a reflected source snapshot is gone ({exc})"
@@ -585,7 +580,7 @@ class ViewManager:
         name: str,
         plan: RowPlan | AggregatePlan,
         head: SnapshotRecord,
-        changes: Mapping[str, _Change],
+        changes: Mapping[str, Change],
         old: Mapping[str, int],
         new: Mapping[str, int],
     ) -> tuple[dict[str, np.ndarray], pa.Table]:
@@ -601,7 +596,7 @@ class ViewManager:
     def _affected_roots(
         self,
         branch: Branch,
-        changes: Mapping[str, _Change],
+        changes: Mapping[str, Change],
         old: Mapping[str, int],
         new: Mapping[str, int],
         stack: list[Any],
@@ -624,18 +619,18 @@ class ViewManager:
             if alias == branch.root or table not in changes:
                 continue
             change = changes[table]
-            detect = _detection(branch)
+            detect = detection(branch)
             for rows, versions in ((change.deleted, old), (change.inserted, new)):
                 if rows.num_rows == 0:
                     continue
                 rel = self._register(rows, stack)
-                stmt = self._bound(detect, versions, {alias: _select_all(rel)})
+                stmt = self._bound(detect, versions, {alias: select_all(rel)})
                 found.append(_nullable(self.host.query_arrow(cast(exp.Expression, stmt), None)))
         other = None
         if found:
             other = pa.concat_tables(found).group_by(keys, use_threads=False).aggregate([])
             if own is not None and own.num_rows:
-                other = _anti(self.con, other, own, keys)
+                other = anti(other, own, keys)
             if other.num_rows == 0:
                 other = None
         if own is not None and own.num_rows == 0:
@@ -660,7 +655,7 @@ class ViewManager:
         affected roots at ``version``."""
         parts: list[exp.Expr] = []
         if changed is not None and changed.num_rows:
-            parts.append(_select_all(self._register(changed, stack)))
+            parts.append(select_all(self._register(changed, stack)))
         if other_keys is not None:
             keys_rel = self._register(other_keys, stack)
             root = exp.Table(
@@ -703,7 +698,7 @@ class ViewManager:
         name: str,
         plan: RowPlan,
         positions_view: str,
-        changes: Mapping[str, _Change],
+        changes: Mapping[str, Change],
         old: Mapping[str, int],
         new: Mapping[str, int],
     ) -> tuple[dict[str, np.ndarray], pa.Table]:
@@ -763,7 +758,7 @@ class ViewManager:
         name: str,
         plan: AggregatePlan,
         positions_view: str,
-        changes: Mapping[str, _Change],
+        changes: Mapping[str, Change],
         old: Mapping[str, int],
         new: Mapping[str, int],
     ) -> tuple[dict[str, np.ndarray], pa.Table]:
@@ -782,13 +777,13 @@ class ViewManager:
                 roots = self._root_rows(body, changed, other, versions[body.root_table], stack)
                 if roots is None:
                     continue
-                signed.append(self._bound(_signed_input(plan, sign), versions, {body.root: roots}))
+                signed.append(self._bound(signed_input(plan, sign), versions, {body.root: roots}))
             if not signed:
                 return {}, pa.table({})
             union = signed[0]
             for s in signed[1:]:
                 union = exp.union(union, s, distinct=False)
-            merge = _merge_query(plan, union, positions_view)
+            merge = merge_query(plan, union, positions_view)
             merged = self._arrow(merge, view=name)
             return self._finish_groups(name, plan, merged, new, stack)
         finally:
@@ -815,364 +810,18 @@ class ViewManager:
                 else pc.is_valid(merged.column(N_COLUMN)),
             )
         )
-        keep = [c for c in alive.column_names if c not in _MERGE_EXTRA]
+        keep = [c for c in alive.column_names if c not in MERGE_EXTRA]
         parts = [alive.select(keep)]
         redo = merged.filter(recompute)
         if redo.num_rows:
             if plan.groups:
                 groups = redo.select(plan.group_columns)
                 rel = self._register(groups, stack)
-                stmt = _restricted_full(plan, rel)
+                stmt = restricted_full(plan, rel)
             else:
                 stmt = plan.query
             parts.append(self._arrow(self._bound(stmt, new), view=name))
         return _positions([dead], self.host.dataset(name).location), _concat(parts)
-
-
-_MERGE_EXTRA = (FILE_COLUMN, POSITION_COLUMN, "__spacesql_recompute")
-
-
-def _is_ancestor(ds: Dataset, older: int, newer: int) -> bool:
-    """Whether snapshot ``older`` is on the history of ``newer`` (same line of commits);
-    snapshots of other branches are neither older nor newer."""
-    record = ds.snapshot(newer)
-    while record.snapshot_id > older and record.parent_id is not None:
-        record = ds.snapshot(record.parent_id)
-    return record.snapshot_id == older
-
-
-def _full_fraction(plan: Plan) -> float:
-    if isinstance(plan, AggregatePlan):
-        kind = "aggregate_rescans" if plan.extremes or plan.holistic else "aggregate"
-        return FULL_FRACTIONS[kind]
-    return FULL_FRACTIONS.get(plan.kind, FULL_FRACTION)
-
-
-def _changed_rows(ds: Dataset, start: int, end: int) -> int:
-    """Rows added plus rows deleted by the commits after ``start`` up to ``end`` (from the
-    snapshot records alone: an upper bound of the diff's size, known before reading it)."""
-    total = 0
-    record = ds.snapshot(end)
-    while record.snapshot_id > start and record.parent_id is not None:
-        total += record.summary.added_rows + record.summary.deleted_rows
-        record = ds.snapshot(record.parent_id)
-    if record.snapshot_id != start:  # not an ancestor (another branch): count both states
-        return ds.snapshot(start).summary.total_rows + ds.snapshot(end).summary.total_rows
-    return total
-
-
-def _columns_used(plan: RowPlan | AggregatePlan) -> dict[str, list[str]]:
-    """Per source table: the columns the query reads from it, and its key."""
-    branches = plan.branches if isinstance(plan, RowPlan) else [plan.body]
-    out: dict[str, set[str]] = {}
-    for branch in branches:
-        out.setdefault(branch.root_table, set()).update(branch.root_keys)
-        query = branch.full if branch.full is not None else branch.select
-        nodes = [query, plan.query] if isinstance(plan, AggregatePlan) else [query]
-        for node in nodes:
-            for column in node.find_all(exp.Column):
-                table = branch.tables.get(column.table)
-                if table is not None:
-                    out.setdefault(table, set()).add(column.name)
-    return {t: sorted(c) for t, c in out.items()}
-
-
-def _deleted_columns(plan: RowPlan | AggregatePlan, table: str) -> list[str] | None:
-    """Columns of deleted rows a refresh needs: for a row view whose only use of ``table``
-    is as a root, its key (the view rows of those roots are deleted); else all used ones."""
-    if not isinstance(plan, RowPlan):
-        return None
-    keys: set[str] = set()
-    for branch in plan.branches:
-        others = [a for a, t in branch.tables.items() if t == table and a != branch.root]
-        if others or (branch.root_table == table and not branch.root_keys):
-            return None
-        if branch.root_table == table:
-            keys.update(branch.root_keys)
-    return sorted(keys) if keys else None
-
-
-def _diff(
-    ds: Dataset,
-    start: int,
-    end: int,
-    *,
-    columns: list[str] | None = None,
-    deleted_columns: list[str] | None = None,
-) -> _Change:
-    """The rows of ``ds`` changed between two snapshots. Pairs of identical deleted and
-    inserted rows are kept (no comparison): applying both gives the same view."""
-    deleted: list[pa.Table] = []
-    inserted: list[pa.Table] = []
-    full = ds.local().scanner(end).schema
-    schema = full if columns is None else pa.schema([full.field(c) for c in columns])
-    del_schema = (
-        schema if deleted_columns is None else pa.schema([full.field(c) for c in deleted_columns])
-    )
-    for cs in ds.local().diff(
-        start, end, columns=columns, deleted_columns=deleted_columns, cancel=False
-    ):
-        (deleted if cs.change_type == "delete" else inserted).append(cs.data)
-    return _Change(
-        pa.concat_tables(deleted) if deleted else del_schema.empty_table(),
-        pa.concat_tables(inserted) if inserted else schema.empty_table(),
-    )
-
-
-def _select_all(relation: str) -> exp.Select:
-    return exp.select("*").from_(exp.to_table(relation, quoted=True))
-
-
-def _detection(branch: Branch) -> exp.Select:
-    """Root keys of rows joined to a table's changed rows: the branch's FROM with every
-    join made inner, no WHERE, distinct root keys."""
-    sel = branch.select.copy()
-    sel.set(
-        "expressions",
-        [exp.column(k, table=branch.root, quoted=True) for k in branch.root_keys],
-    )
-    sel.set("where", None)
-    sel.set("group", None)
-    sel.set("distinct", exp.Distinct())
-    for join in sel.args.get("joins") or []:
-        join.set("side", None)
-        if (join.args.get("kind") or "").upper() in ("SEMI", "ANTI", "OUTER"):
-            join.set("kind", None)
-    return sel
-
-
-def _anti(con: Any, table: pa.Table, minus: pa.Table, keys: list[str]) -> pa.Table:
-    joined = table.join(minus, keys, join_type="left anti", use_threads=False)
-    return joined.select(keys)
-
-
-def _signed_input(plan: AggregatePlan, sign: int) -> exp.Select:
-    """The body's rows as group values, aggregate arguments and a sign."""
-    sel = plan.body.select.copy()
-    items: list[exp.Expr] = [
-        exp.alias_(g.copy(), col, quoted=True)
-        for g, col in zip(plan.groups, plan.group_columns, strict=True)
-    ]
-    for i, spec in enumerate(plan.aggs):
-        if spec.arg is not None:
-            items.append(exp.alias_(spec.arg.copy(), f"__spacesql_x{i}", quoted=True))
-    items.append(exp.alias_(exp.Literal.number(sign), "__spacesql_sign", quoted=True))
-    sel.set("expressions", items)
-    sel.set("distinct", None)
-    sel.set("group", None)
-    return sel
-
-
-def _c(name: str, table: str | None = None) -> exp.Column:
-    return exp.column(name, table=table, quoted=True)
-
-
-def _merge_query(plan: AggregatePlan, signed: exp.Expr, positions_view: str) -> exp.Select:
-    """Per touched group: the merged state, whether it must be recomputed, and the stored
-    row it replaces."""
-    sign = _c("__spacesql_sign")
-    pos, neg = sign.copy() > 0, sign.copy() < 0
-    d_items: list[exp.Expr] = [exp.alias_(_c(g), g, quoted=True) for g in plan.group_columns]
-    # sums over no rows are NULL: a global aggregate whose change is all filtered out
-    # still gets its one row, with nothing to add
-    d_items.append(
-        exp.alias_(
-            exp.Coalesce(this=exp.Sum(this=sign.copy()), expressions=[exp.Literal.number(0)]),
-            "__spacesql_dn",
-            quoted=True,
-        )
-    )
-    for i, spec in enumerate(plan.aggs):
-        x = _c(f"__spacesql_x{i}")
-        if spec.kind in ("count", "sum", "avg"):
-            dc = exp.Coalesce(
-                this=exp.Sum(
-                    this=exp.Case(
-                        ifs=[exp.If(this=x.copy().is_(exp.null()).not_(), true=sign.copy())],
-                        default=exp.Literal.number(0),
-                    )
-                ),
-                expressions=[exp.Literal.number(0)],
-            )
-            d_items.append(exp.alias_(dc, f"__spacesql_d{i}_c", quoted=True))
-        if spec.kind in ("sum", "avg"):
-            plus = exp.Coalesce(
-                this=exp.Filter(this=exp.Sum(this=x.copy()), expression=exp.Where(this=pos.copy())),
-                expressions=[exp.Literal.number(0)],
-            )
-            minus = exp.Coalesce(
-                this=exp.Filter(this=exp.Sum(this=x.copy()), expression=exp.Where(this=neg.copy())),
-                expressions=[exp.Literal.number(0)],
-            )
-            d_items.append(
-                exp.alias_(exp.Sub(this=plus, expression=minus), f"__spacesql_d{i}_s", quoted=True)
-            )
-        if spec.kind in ("min", "max"):
-            agg = exp.Min if spec.kind == "min" else exp.Max
-            for part, cond in (("ins", pos), ("del", neg)):
-                d_items.append(
-                    exp.alias_(
-                        exp.Filter(this=agg(this=x.copy()), expression=exp.Where(this=cond.copy())),
-                        f"__spacesql_d{i}_{part}",
-                        quoted=True,
-                    )
-                )
-    d = exp.select(*d_items).from_(
-        exp.Subquery(this=signed, alias=exp.TableAlias(this=exp.to_identifier("s")))
-    )
-    if plan.group_columns:
-        d.set("group", exp.Group(expressions=[_c(g) for g in plan.group_columns]))
-
-    # merged state
-    def cur(col: str) -> exp.Column:
-        return _c(col, "cur")
-
-    def dd(col: str) -> exp.Column:
-        return _c(col, "d")
-
-    n = exp.Add(
-        this=exp.Coalesce(this=cur(N_COLUMN), expressions=[exp.Literal.number(0)]),
-        expression=dd("__spacesql_dn"),
-    )
-    state: dict[str, exp.Expr] = {N_COLUMN: n}
-    recompute: list[exp.Expr] = []
-    for i, spec in enumerate(plan.aggs):
-        cols = spec.columns
-        if "c" in cols:
-            state[cols["c"]] = exp.Add(
-                this=exp.Coalesce(this=cur(cols["c"]), expressions=[exp.Literal.number(0)]),
-                expression=dd(f"__spacesql_d{i}_c"),
-            )
-        if "s" in cols:
-            c_new = state[cols["c"]].copy()
-            total = exp.Add(
-                this=exp.Coalesce(this=cur(cols["s"]), expressions=[exp.Literal.number(0)]),
-                expression=dd(f"__spacesql_d{i}_s"),
-            )
-            state[cols["s"]] = exp.Case(ifs=[exp.If(this=c_new > 0, true=total)])
-        if "m" in cols:
-            fn = exp.Least if spec.kind == "min" else exp.Greatest
-            ins = dd(f"__spacesql_d{i}_ins")
-            state[cols["m"]] = exp.Case(
-                ifs=[
-                    exp.If(this=cur(cols["m"]).is_(exp.null()), true=ins.copy()),
-                    exp.If(this=ins.copy().is_(exp.null()), true=cur(cols["m"])),
-                ],
-                default=fn(this=cur(cols["m"]), expressions=[ins.copy()]),
-            )
-            deleted = dd(f"__spacesql_d{i}_del")
-            reaches = (
-                deleted.copy() <= cur(cols["m"])
-                if spec.kind == "min"
-                else deleted.copy() >= cur(cols["m"])
-            )
-            recompute.append(
-                exp.and_(
-                    deleted.is_(exp.null()).not_(), cur(cols["m"]).is_(exp.null()).not_(), reaches
-                )
-            )
-        if spec.kind == "holistic":
-            recompute.append(exp.true())
-    m_items: list[exp.Expr] = [exp.alias_(dd(g), g, quoted=True) for g in plan.group_columns]
-    m_items += [exp.alias_(e, col, quoted=True) for col, e in state.items()]
-    m_items.append(
-        exp.alias_(
-            exp.or_(*recompute) if recompute else exp.false(), "__spacesql_recompute", quoted=True
-        )
-    )
-    m_items += [
-        exp.alias_(cur(FILE_COLUMN), FILE_COLUMN, quoted=True),
-        exp.alias_(cur(POSITION_COLUMN), POSITION_COLUMN, quoted=True),
-    ]
-    on = (
-        exp.and_(*[exp.NullSafeEQ(this=dd(g), expression=cur(g)) for g in plan.group_columns])
-        if plan.group_columns
-        else exp.true()
-    )
-    m = exp.select(*m_items).from_(
-        exp.Subquery(this=d, alias=exp.TableAlias(this=exp.to_identifier("d")))
-    )
-    m.set(
-        "joins",
-        [
-            exp.Join(
-                this=exp.Table(
-                    this=exp.to_identifier(positions_view, quoted=True),
-                    alias=exp.TableAlias(this=exp.to_identifier("cur")),
-                ),
-                on=on,
-                side="LEFT",
-            )
-        ],
-    )
-    # visible items over the merged state
-    visible: dict[str, exp.Expr] = {}
-    for i, spec in enumerate(plan.aggs):
-        cols = spec.columns
-        if spec.kind == "count_star":
-            visible[f"__spacesql_agg{i}"] = _c(N_COLUMN, "m")
-        elif spec.kind == "count":
-            visible[f"__spacesql_agg{i}"] = _c(cols["c"], "m")
-        elif spec.kind == "sum":
-            visible[f"__spacesql_agg{i}"] = exp.Case(
-                ifs=[exp.If(this=_c(cols["c"], "m") > 0, true=_c(cols["s"], "m"))]
-            )
-        elif spec.kind == "avg":
-            visible[f"__spacesql_agg{i}"] = exp.Case(
-                ifs=[
-                    exp.If(
-                        this=_c(cols["c"], "m") > 0,
-                        true=exp.Div(
-                            this=exp.cast(_c(cols["s"], "m"), "DOUBLE"),
-                            expression=_c(cols["c"], "m"),
-                        ),
-                    )
-                ]
-            )
-        elif spec.kind in ("min", "max"):
-            visible[f"__spacesql_agg{i}"] = _c(cols["m"], "m")
-        else:  # holistic: such groups are always recomputed, never merged
-            visible[f"__spacesql_agg{i}"] = exp.null()
-    for g in plan.group_columns:
-        visible[g] = _c(g, "m")
-
-    def over(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Column) and node.name in visible and not node.table:
-            return visible[node.name].copy()
-        return node
-
-    out_items: list[exp.Expr] = [
-        exp.alias_(expr.copy().transform(over), col, quoted=True) for col, expr in plan.items
-    ]
-    out_items += [exp.alias_(_c(g, "m"), g, quoted=True) for g in plan.group_columns]
-    out_items += [exp.alias_(_c(col, "m"), col, quoted=True) for col in state]
-    out_items += [exp.alias_(_c(c, "m"), c, quoted=True) for c in _MERGE_EXTRA]
-    return exp.select(*out_items).from_(
-        exp.Subquery(this=m, alias=exp.TableAlias(this=exp.to_identifier("m")))
-    )
-
-
-def _restricted_full(plan: AggregatePlan, groups_rel: str) -> exp.Expr:
-    """The full form restricted to some groups (NULL-safe), filtering before aggregating."""
-    full = plan.query.copy()
-    assert isinstance(full, exp.Select)
-    cond = exp.and_(
-        *[
-            exp.NullSafeEQ(this=_c(col, "__spacesql_gr"), expression=g.copy())
-            for g, col in zip(plan.groups, plan.group_columns, strict=True)
-        ]
-    )
-    exists = exp.Exists(
-        this=exp.select(exp.Literal.number(1))
-        .from_(
-            exp.Table(
-                this=exp.to_identifier(groups_rel, quoted=True),
-                alias=exp.TableAlias(this=exp.to_identifier("__spacesql_gr", quoted=True)),
-            )
-        )
-        .where(cond)
-    )
-    return full.where(exists, copy=False)
 
 
 def _positions(tables: list[pa.Table], root: Any) -> dict[str, np.ndarray]:
@@ -1215,7 +864,3 @@ def _rule(plan: Plan) -> str:
         + (", recompute touched groups for holistic aggregates" if plan.holistic else "")
         + (f" [{', '.join(kinds)}]" if kinds else "")
     )
-
-
-def _spec_kinds(specs: list[AggSpec]) -> list[str]:
-    return [s.kind for s in specs]
